@@ -1,0 +1,249 @@
+"""Parallel corpora through Hugging Face `datasets`: load, encode into the Arrow cache, filter, batch by tokens.
+
+Every split is a Dataset with columns `src` and `tgt` (raw text); encoding adds `src_ids`, `tgt_ids` and their
+lengths (counting the end-of-sentence token). Nothing here holds the corpus as Python objects: text streams
+from files into Arrow, and batches read rows from Arrow by index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import torch
+
+from mt.files import InputError, read_parallel
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    source: str = "files"  # files | hub
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # For source=files: path patterns with {lang}, e.g. data/multi30k/train.{lang}.gz
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: dict[str, str] = field(default_factory=dict)  # test-set name -> pattern
+    # For source=hub: a dataset with a `translation` column of {lang: text}
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    train_limit: Optional[int] = None  # use only the first N training pairs
+    max_len: int = 128  # subword tokens per side, end-of-sentence included; longer training pairs are dropped
+    max_len_ratio: float = 3.0  # drop training pairs whose longer side is more than this times the shorter
+    batch_tokens: int = 4096  # padded tokens per batch (the longer side counts)
+    cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
+    """Splits `train`, `dev` and one per test set (`test` for the Hub), each with `src` and `tgt` text."""
+    corpus = _load_hub(cfg) if cfg.source == "hub" else _load_files(cfg)
+    if cfg.train_limit is not None:
+        corpus["train"] = corpus["train"].select(range(min(cfg.train_limit, len(corpus["train"]))))
+    for name, split in corpus.items():
+        log.info("corpus %s: %d pairs", name, len(split))
+    return corpus
+
+
+def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
+    patterns = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
+    missing = [name for name in ("train", "dev") if not patterns[name]]
+    if missing:
+        raise InputError(f"data.{missing[0]} is not set: give a path pattern with {{lang}}, "
+                         f"e.g. data.{missing[0]}=corpus/{missing[0]}.{{lang}}")
+    return datasets.DatasetDict({
+        name: _load_file_pair(pattern.format(lang=cfg.src_lang), pattern.format(lang=cfg.tgt_lang), cfg.cache_dir)
+        for name, pattern in patterns.items()
+    })
+
+
+def _pairs(src_path: str, tgt_path: str) -> Iterator[dict]:
+    for src, tgt in read_parallel(src_path, tgt_path):
+        yield {"src": src, "tgt": tgt}
+
+
+def _load_file_pair(src_path: str, tgt_path: str, cache_dir: str) -> datasets.Dataset:
+    for path in (src_path, tgt_path):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+    # The Arrow cache is keyed on the files' identity, so an edited file is read again.
+    stamp = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in (src_path, tgt_path)]
+    try:
+        return datasets.Dataset.from_generator(
+            _pairs, gen_kwargs={"src_path": src_path, "tgt_path": tgt_path},
+            cache_dir=str(Path(cache_dir) / "datasets"), fingerprint=_hash(stamp),
+        )
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, InputError):
+            raise e.__cause__ from None
+        raise
+
+
+def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
+    if not cfg.hub_name:
+        raise InputError("data.hub_name is not set: give a Hub dataset, e.g. data.hub_name=iwslt2017 "
+                         "data.hub_config=iwslt2017-de-en")
+    try:
+        hub = datasets.load_dataset(cfg.hub_name, cfg.hub_config)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetsError) as e:
+        offline = datasets.config.HF_HUB_OFFLINE or isinstance(e, ConnectionError)
+        reason = "is not in the local cache and the Hub cannot be reached" if offline else f"could not be loaded ({e})"
+        raise InputError(f"Hub dataset '{cfg.hub_name}' ({cfg.hub_config}) {reason}; to train on local files use "
+                         "data=files data.train=PATH.{lang} data.dev=PATH.{lang}") from None
+    corpus = {}
+    for name, split in cfg.hub_splits.items():
+        if split not in hub:
+            raise InputError(f"Hub dataset '{cfg.hub_name}' has no split '{split}' (it has {', '.join(hub)}); "
+                             f"set data.hub_splits.{name}")
+        corpus[name] = hub[split].map(
+            _translation_columns, batched=True, remove_columns=hub[split].column_names,
+            fn_kwargs={"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang},
+        )
+    return datasets.DatasetDict(corpus)
+
+
+def _translation_columns(batch: dict, src_lang: str, tgt_lang: str) -> dict:
+    pairs = batch["translation"]
+    return {"src": [p[src_lang] for p in pairs], "tgt": [p[tgt_lang] for p in pairs]}
+
+
+def _hash(value) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def corpus_fingerprint(split: datasets.Dataset) -> str:
+    """Identifies a split's contents (its Arrow fingerprint follows its source and every transform)."""
+    return split._fingerprint
+
+
+# ---------------------------------------------------------------- encoding and filtering
+
+def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:
+    src_ids, tgt_ids = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
+    return {
+        "src_ids": src_ids, "tgt_ids": tgt_ids,
+        "src_len": [len(ids) + 1 for ids in src_ids], "tgt_len": [len(ids) + 1 for ids in tgt_ids],
+    }
+
+
+def encode(split: datasets.Dataset, tokenizer: Tokenizer, keep_text: bool) -> datasets.Dataset:
+    """Add ids and lengths; the result is cached in Arrow under (split, tokenizer)."""
+    features = datasets.Features({
+        **({"src": datasets.Value("string"), "tgt": datasets.Value("string")} if keep_text else {}),
+        "src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32")),
+        "src_len": datasets.Value("int32"), "tgt_len": datasets.Value("int32"),
+    })
+    return split.map(
+        _encode_batch, batched=True, fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=None if keep_text else ["src", "tgt"], features=features,
+        new_fingerprint=_hash((split._fingerprint, hashlib.sha256(tokenizer.model_bytes).hexdigest(), keep_text)),
+        desc="encoding",
+    )
+
+
+def filter_pairs(split: datasets.Dataset, max_len: int, max_ratio: float) -> datasets.Dataset:
+    """Drop pairs with an empty side, a side over max_len tokens, or a length ratio over max_ratio; log counts."""
+    src_len = np.asarray(split.with_format("numpy")["src_len"])
+    tgt_len = np.asarray(split.with_format("numpy")["tgt_len"])
+    empty = (src_len <= 1) | (tgt_len <= 1)
+    too_long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
+    ratio = np.maximum(src_len, tgt_len) / np.maximum(np.minimum(src_len, tgt_len), 1)
+    bad_ratio = ~empty & ~too_long & (ratio > max_ratio)
+    keep = ~(empty | too_long | bad_ratio)
+    log.info("training pairs: kept %d of %d (dropped %d with an empty side, %d over %d tokens, %d with ratio > %g)",
+             keep.sum(), len(keep), empty.sum(), too_long.sum(), max_len, bad_ratio.sum(), max_ratio)
+    if not keep.any():
+        raise InputError(f"no training pairs are left after filtering (of {len(keep)}): check data.train "
+                         f"and data.max_len={max_len}")
+    return split if keep.all() else split.select(np.flatnonzero(keep))
+
+
+# ---------------------------------------------------------------- batching
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (B, S) ids + eos, padded
+    tgt_in: torch.Tensor  # (B, T) bos + ids
+    tgt_out: torch.Tensor  # (B, T) ids + eos
+    indices: list[int]  # rows of the split, in batch order
+
+    @property
+    def target_tokens(self) -> int:
+        return int(self.tgt_out.ne(PAD_ID).sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+
+
+def _pad(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
+    rows = [prefix + (r[:max_len - len(prefix) - len(suffix)] if max_len else r) + suffix for r in rows]
+    out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = None) -> Batch:
+    """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
+    rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
+    return Batch(
+        src=_pad(rows["src_ids"], [], [EOS_ID], max_len),
+        tgt_in=_pad(rows["tgt_ids"], [BOS_ID], [], max_len),
+        tgt_out=_pad(rows["tgt_ids"], [], [EOS_ID], max_len),
+        indices=list(indices),
+    )
+
+
+class TokenBatches:
+    """Batches of at most `max_tokens` padded tokens, of similar lengths.
+
+    Each epoch: shuffle (seeded by seed and epoch), sort by target then source length (so equal lengths keep
+    the random order), cut into batches, shuffle the batches, and give rank r every world_size-th batch.
+    """
+
+    def __init__(self, src_len: np.ndarray, tgt_len: np.ndarray, max_tokens: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.src_len, self.tgt_len = np.asarray(src_len), np.asarray(tgt_len)
+        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+
+    @classmethod
+    def for_split(cls, split: datasets.Dataset, max_tokens: int, shuffle: bool, seed: int = 0, **shard) -> "TokenBatches":
+        columns = split.with_format("numpy")
+        return cls(columns["src_len"], columns["tgt_len"], max_tokens, shuffle, seed, **shard)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.src_len)) if self.shuffle else np.arange(len(self.src_len))
+        order = order[np.lexsort((self.src_len[order], self.tgt_len[order]))]
+        batches = self._cut(order)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
+        return batches[self.rank::self.world_size][:per_rank]
+
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        longest = np.maximum(self.src_len, self.tgt_len)[order]
+        batches, start, widest = [], 0, 0
+        for i, length in enumerate(longest.tolist()):
+            widest_with = max(widest, length)
+            if i > start and widest_with * (i - start + 1) > self.max_tokens:
+                batches.append(order[start:i].tolist())
+                start, widest_with = i, length
+            widest = widest_with
+        if start < len(order):
+            batches.append(order[start:].tolist())
+        return batches

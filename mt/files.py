@@ -1,0 +1,68 @@
+"""Reading text files line by line with errors that name the file and line; writing files atomically."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+class InputError(Exception):
+    """A problem with something the user gave us; its message is the one line we print."""
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file (plain or .gz) without their line endings."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{number}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+
+
+def read_parallel(src_path: str, tgt_path: str) -> Iterator[tuple[str, str]]:
+    """Yield line pairs of two line-parallel files; stop with both names and counts if they differ."""
+    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
+    count = 0
+    for src in src_lines:
+        tgt = next(tgt_lines, None)
+        if tgt is None:
+            raise InputError(_count_mismatch(src_path, count + 1 + sum(1 for _ in src_lines), tgt_path, count))
+        count += 1
+        yield src, tgt
+    extra = sum(1 for _ in tgt_lines)
+    if extra:
+        raise InputError(_count_mismatch(src_path, count, tgt_path, count + extra))
+
+
+def _count_mismatch(src_path: str, src_count: int, tgt_path: str, tgt_count: int) -> str:
+    return (f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
+            "parallel files must have one sentence per line, line for line")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write(file)` to a temporary file, flush it to disk, then rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

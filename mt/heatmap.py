@@ -1,0 +1,27 @@
+"""Attention heatmaps with the subword tokens on the axes, as matplotlib figures for TensorBoard."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures are only rendered to images
+
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def attention_figure(layers: list[Tensor], src_tokens: list[str], tgt_tokens: list[str], title: str = ""):
+    """One panel per decoder layer; each panel is the head-averaged (target x source) cross-attention."""
+    width = max(3.0, 0.3 * len(src_tokens) + 1.5)
+    height = max(2.5, 0.3 * len(tgt_tokens) + 1.5)
+    fig, axes = plt.subplots(1, len(layers), figsize=(width * len(layers), height), squeeze=False)
+    for number, (ax, weights) in enumerate(zip(axes[0], layers)):
+        matrix = weights.float().mean(dim=0) if weights.dim() == 3 else weights.float()
+        ax.imshow(matrix.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
+        ax.set_title(f"layer {number}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

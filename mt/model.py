@@ -1,0 +1,203 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017) on mt.attention.
+
+`forward` is teacher-forced training; `encode` + `decode_step` are what search uses, one token at a time
+with a per-layer key/value cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mt.attention import KVCache, MultiHeadAttention
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    pre_norm: bool = True
+    tie_embeddings: bool = True
+    max_positions: int = 256
+    pad_id: int = 0
+
+
+class SinusoidalPositions(nn.Module):
+    def __init__(self, d_model: int, max_positions: int):
+        super().__init__()
+        position = torch.arange(max_positions, dtype=torch.float64)[:, None]
+        frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_positions, d_model, dtype=torch.float64)
+        table[:, 0::2] = torch.sin(position * frequency)
+        table[:, 1::2] = torch.cos(position * frequency)
+        self.register_buffer("table", table.float(), persistent=False)
+
+    def forward(self, length: int, start: int = 0) -> Tensor:
+        if start + length > self.table.size(0):
+            raise ValueError(f"sequence of {start + length} positions exceeds max_positions={self.table.size(0)}")
+        return self.table[start:start + length]
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+        super().__init__(nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
+
+
+class Residual(nn.Module):
+    """x + dropout(sublayer(norm(x))) when pre-norm, norm(x + dropout(sublayer(x))) when post-norm."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
+        x = self.attn_block(x, lambda h: self.self_attn(h, h, h, key_padding_mask=src_pad)[0])
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.self_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.cross_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, src_pad: Tensor, caches: tuple[KVCache, KVCache] | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        self_cache, cross_cache = caches if caches is not None else (None, None)
+        # Target padding sits after the real tokens, so the causal mask already keeps real queries off it.
+        x = self.self_block(x, lambda h: self.self_attn(h, h, h, causal=True, cache=self_cache)[0])
+        weights = None
+
+        def cross(h: Tensor) -> Tensor:
+            nonlocal weights
+            out, weights = self.cross_attn(
+                h, memory, memory, key_padding_mask=src_pad, cache=cross_cache, need_weights=need_weights
+            )
+            return out
+
+        x = self.cross_block(x, cross)
+        return self.ffn_block(x, self.ffn), weights
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding carries from one step to the next."""
+
+    memory: Tensor
+    src_pad: Tensor
+    caches: list[tuple[KVCache, KVCache]]
+    step: int = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search): the cache is gathered, never recomputed."""
+        self.memory = self.memory.index_select(0, index)
+        self.src_pad = self.src_pad.index_select(0, index)
+        for self_cache, cross_cache in self.caches:
+            self_cache.reorder(index)
+            cross_cache.reorder(index)
+
+
+@dataclass
+class DecoderOutput:
+    logits: Tensor  # (B, T, vocab)
+    cross_attention: list[Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked for
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.tgt_embed = self.src_embed if cfg.tie_embeddings else nn.Embedding(
+            cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.positions = SinusoidalPositions(cfg.d_model, cfg.max_positions)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # Pre-norm leaves the residual stream unnormalized, so each stack ends with a norm.
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                nn.init.xavier_uniform_(p)
+        for embedding in {self.src_embed, self.tgt_embed}:
+            # With sqrt(d) scaling at the input, N(0, d^-1/2) gives unit-scale inputs and sane tied logits.
+            nn.init.normal_(embedding.weight, std=self.cfg.d_model ** -0.5)
+            nn.init.zeros_(embedding.weight[self.cfg.pad_id])
+
+    def _embed(self, embedding: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
+        x = embedding(tokens) * math.sqrt(self.cfg.d_model) + self.positions(tokens.size(1), start)
+        return self.embed_dropout(x)
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S) token ids -> memory (B, S, D) and the source padding mask (B, S)."""
+        src_pad = src.eq(self.cfg.pad_id)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, src_pad)
+        return self.encoder_norm(x), src_pad
+
+    def decode(
+        self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor, need_attention: bool = False,
+        state: DecoderState | None = None,
+    ) -> DecoderOutput:
+        start = state.step if state is not None else 0
+        x = self._embed(self.tgt_embed, tgt_in, start)
+        attention = []
+        for i, layer in enumerate(self.decoder):
+            caches = state.caches[i] if state is not None else None
+            x, weights = layer(x, memory, src_pad, caches, need_attention)
+            if need_attention:
+                attention.append(weights)
+        if state is not None:
+            state.step += tgt_in.size(1)
+        return DecoderOutput(self.output(self.decoder_norm(x)), attention)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False) -> DecoderOutput:
+        memory, src_pad = self.encode(src)
+        return self.decode(tgt_in, memory, src_pad, need_attention)
+
+    def start_decoding(self, src: Tensor) -> DecoderState:
+        memory, src_pad = self.encode(src)
+        caches = [(KVCache(), KVCache(static=True)) for _ in self.decoder]
+        return DecoderState(memory, src_pad, caches)
+
+    def decode_step(self, tokens: Tensor, state: DecoderState, need_attention: bool = False) -> DecoderOutput:
+        """Feed the last token of each row, tokens (B, 1); the state's caches grow by one step."""
+        return self.decode(tokens, state.memory, state.src_pad, need_attention, state)

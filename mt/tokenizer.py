@@ -1,0 +1,90 @@
+"""One joint SentencePiece model for source and target, trained once and cached by a hash of its inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from mt.files import write_atomically
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8000
+    model_type: str = "unigram"
+    character_coverage: float = 1.0
+    # SentencePiece samples this many sentences to train on; enough for a good vocabulary, bounded memory.
+    input_sentence_size: int = 2_000_000
+    seed: int = 1
+
+
+class Tokenizer:
+    def __init__(self, model_bytes: bytes):
+        self.model_bytes = model_bytes
+        self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, BOS_ID, EOS_ID):
+            raise ValueError("the SentencePiece model does not use this toolkit's special ids (pad 0, bos 2, eos 3)")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        return self.sp.encode(lines)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_atomically(path, lambda f: f.write(self.model_bytes))
+
+
+def train_or_load(
+    texts: Iterable[str], fingerprint: str, cfg: TokenizerConfig, cache_dir: str | os.PathLike
+) -> Tokenizer:
+    """Load the cached model for (fingerprint of the data, settings) or train it on `texts`.
+
+    `texts` is read only when training; `fingerprint` must change whenever the data does.
+    """
+    key = hashlib.sha256(f"{fingerprint}|{sorted(asdict(cfg).items())}".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"spm-{key}.model"
+    if path.exists():
+        log.info("SentencePiece model: reusing %s", path)
+        return Tokenizer(path.read_bytes())
+    log.info("SentencePiece model: training %s %d on the training split", cfg.model_type, cfg.vocab_size)
+    model = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)  # sentence sampling, so the same data gives the same model
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_nonempty(texts),
+        model_writer=model,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        hard_vocab_limit=False,  # a tiny corpus gets a smaller vocabulary instead of an error
+        minloglevel=2,
+    )
+    tokenizer = Tokenizer(model.getvalue())
+    tokenizer.save(path)
+    return tokenizer
+
+
+def _nonempty(texts: Iterable[str]) -> Iterator[str]:
+    return (t for t in texts if t.strip())
+

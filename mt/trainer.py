@@ -1,0 +1,322 @@
+"""The training loop: batches -> label-smoothed loss -> optimizer and schedule; every eval_every steps the dev set
+is translated and scored, checkpoints and heatmaps written; at the end the best checkpoint is scored on the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from mt import data as corpus_data
+from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.config import OptimConfig, TrainConfig
+from mt.evaluate import Scores, score, translate_split
+from mt.files import InputError
+from mt.heatmap import attention_figure
+from mt.model import ModelConfig, Transformer
+from mt.search import greedy_search
+from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- hardware
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def select_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if _cpu_has_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise InputError("trainer.precision=fp16 needs CUDA (it relies on a gradient scaler); on CPU use bf16 or fp32")
+    if name not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"trainer.precision={name}: choose auto, fp32, bf16 or fp16")
+    return name
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A context-manager factory: autocast in the chosen precision, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- optimization
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed over non-pad tokens: the smoothed loss that is trained on, and the plain NLL (for perplexity)."""
+    log_probs = logits.float().log_softmax(dim=-1)
+    keep = target.ne(PAD_ID)
+    nll = -log_probs.gather(-1, target[..., None]).squeeze(-1)
+    uniform = -log_probs.mean(dim=-1)
+    loss = (1.0 - epsilon) * nll + epsilon * uniform
+    return loss[keep].sum(), nll[keep].sum()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.name)
+    if kind is None:
+        raise InputError(f"optim.name={cfg.name}: choose adam or adamw")
+    optimizer = kind(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.warmup_steps)
+    # Inverse square root: linear warm-up to lr, then lr * sqrt(warmup / step).
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1))))
+    return optimizer, schedule
+
+
+# ---------------------------------------------------------------- the run
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = select_device(cfg.trainer.device)
+        self.precision = select_precision(cfg.trainer.precision, self.device)
+        self.autocast = autocast_for(self.precision, self.device)
+        torch.manual_seed(cfg.trainer.seed)
+
+        corpus = corpus_data.load_corpus(cfg.data)
+        self.tokenizer = train_or_load(
+            (text for row in corpus["train"] for text in (row["src"], row["tgt"])),
+            corpus_data.corpus_fingerprint(corpus["train"]), cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
+        self.tokenizer.save(self.run_dir / "spm.model")
+        encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train")
+                   for name, split in corpus.items()}
+        self.train_split = corpus_data.filter_pairs(encoded.pop("train"), cfg.data.max_len, cfg.data.max_len_ratio)
+        self.dev_split = encoded.pop("dev")
+        self.test_splits = encoded
+        self.batches = corpus_data.TokenBatches.for_split(
+            self.train_split, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed)
+
+        self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=PAD_ID)
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_bleu, self.stale_evals = -1.0, 0
+        log.info("model: %s, %.1fM parameters; device %s, precision %s", self.model_cfg,
+                 sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _checkpoint_content(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+            "spm_model": self.tokenizer.model_bytes,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "best_bleu": self.best_bleu, "stale_evals": self.stale_evals,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def resume(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            log.info("trainer.resume: no %s yet, starting from scratch", path)
+            return
+        state = load_checkpoint(path)
+        if state["model_config"] != dataclasses.asdict(self.model_cfg):
+            raise InputError(f"{path}: its model settings differ from this run's ({state['model_config']}); "
+                             "resume with the same model.* and data.tokenizer.* settings")
+        if state["spm_model"] != self.tokenizer.model_bytes:
+            raise InputError(f"{path}: its SentencePiece vocabulary differs from this run's; resume with the same "
+                             "data and data.tokenizer.* settings")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_bleu, self.stale_evals = state["best_bleu"], state["stale_evals"]
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    # ------------------------------------------------------------ steps
+
+    def _micro_batches(self):
+        """Training batches in order, forever, from the current (epoch, batch_in_epoch)."""
+        while True:
+            order = self.batches.epoch(self.epoch)
+            while self.batch_in_epoch < len(order):
+                indices = order[self.batch_in_epoch]
+                self.batch_in_epoch += 1
+                yield corpus_data.collate(self.train_split, indices)
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def train_step(self, batches: list[corpus_data.Batch]) -> dict:
+        """One optimizer step over `batches`; the loss is normalized by all their target tokens together."""
+        tokens = sum(b.target_tokens for b in batches)
+        total_loss = total_nll = 0.0
+        for batch in batches:
+            batch = batch.to(self.device)
+            with self.autocast():
+                logits = self.model(batch.src, batch.tgt_in).logits
+            loss, nll = label_smoothed_loss(logits, batch.tgt_out, self.cfg.trainer.label_smoothing)
+            self.scaler.scale(loss / tokens).backward()
+            total_loss, total_nll = total_loss + loss.detach(), total_nll + nll.detach()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.trainer.clip_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.schedule.get_last_lr()[0]
+        self.schedule.step()
+        self.step += 1
+        return {"loss": total_loss / tokens, "nll": total_nll / tokens, "grad_norm": grad_norm, "lr": lr,
+                "tokens": tokens}
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, split) -> Scores:
+        t = self.cfg.trainer
+        hyps = translate_split(self.model, split, self.tokenizer, t.eval_batch_tokens, self.cfg.data.max_len,
+                               self.device, self.autocast, t.max_len_a, t.max_len_b)
+        return score(hyps, split["tgt"])
+
+    @torch.no_grad()
+    def draw_heatmaps(self, writer: SummaryWriter) -> None:
+        count = min(self.cfg.trainer.heatmap_sentences, len(self.dev_split))
+        if count == 0:
+            return
+        self.model.eval()
+        batch = corpus_data.collate(self.dev_split, list(range(count)), self.cfg.data.max_len).to(self.device)
+        hyps = greedy_search(self.model, batch.src, self.cfg.trainer.max_len_a, self.cfg.trainer.max_len_b,
+                             need_attention=True)
+        for i in range(count):
+            src_ids = [t for t in batch.src[i].tolist() if t != PAD_ID]
+            tgt_ids = hyps.tokens[i] + [src_ids[-1]]  # the EOS step attends too
+            fig = attention_figure(hyps.attention[i], self.tokenizer.pieces(src_ids), self.tokenizer.pieces(tgt_ids),
+                                   title=f"dev sentence {i}, step {self.step}")
+            writer.add_figure(f"attention/dev_{i}", fig, self.step)
+        self.model.train()
+
+    def _eval_and_save(self, writer: SummaryWriter) -> bool:
+        """Evaluate on dev, write checkpoints; True if training should stop early."""
+        dev = self.evaluate(self.dev_split)
+        log.info("step %d dev %s", self.step, dev)
+        writer.add_scalar("dev/bleu", dev.bleu, self.step)
+        writer.add_scalar("dev/chrf", dev.chrf, self.step)
+        self.draw_heatmaps(writer)
+        improved = dev.bleu > self.best_bleu
+        self.best_bleu, self.stale_evals = (dev.bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
+        content = self._checkpoint_content()
+        if improved:
+            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "dev": dataclasses.asdict(dev)})
+        save_checkpoint(self.ckpt_dir / "last.pt", content)
+        writer.flush()
+        patience = self.cfg.trainer.patience
+        return patience > 0 and self.stale_evals >= patience
+
+    # ------------------------------------------------------------ loop
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, len(self.batches.epoch(0)) // self.cfg.trainer.accum_steps)
+
+    def _total_steps(self) -> int:
+        t = self.cfg.trainer
+        limits = [t.max_steps] if t.max_steps else []
+        if t.max_epochs:
+            limits.append(t.max_epochs * self._steps_per_epoch())
+        if not limits:
+            raise InputError("set trainer.max_steps or trainer.max_epochs (or both): training needs an end")
+        return min(limits)
+
+    def train(self) -> dict:
+        t = self.cfg.trainer
+        total = self._total_steps()
+        writer = SummaryWriter(str(self.run_dir / "tb"))
+        batches = self._micro_batches()
+        bar = tqdm(total=total, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
+        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "steps": 0, "start": time.perf_counter()}
+        trained_tokens, trained_seconds = 0, 0.0
+        stop_early = False
+        self.model.train()
+        while self.step < total and not stop_early:
+            stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
+            for key in ("loss", "nll"):
+                window[key] += float(stats[key]) * stats["tokens"]
+            window["tokens"] += stats["tokens"]
+            window["steps"] += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == total:
+                seconds = time.perf_counter() - window["start"]
+                loss, nll = window["loss"] / window["tokens"], window["nll"] / window["tokens"]
+                speed = window["tokens"] / seconds
+                for name, value in (("loss", loss), ("ppl", math.exp(min(nll, 50))), ("lr", stats["lr"]),
+                                    ("grad_norm", float(stats["grad_norm"])), ("tokens_per_s", speed)):
+                    writer.add_scalar(f"train/{name}", value, self.step)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
+                trained_tokens, trained_seconds = trained_tokens + window["tokens"], trained_seconds + seconds
+                window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "steps": 0, "start": time.perf_counter()}
+            if self.step % t.eval_every == 0 or self.step == total:
+                bar.clear()
+                stop_early = self._eval_and_save(writer)
+                if stop_early:
+                    log.info("no dev BLEU gain in %d evaluations: stopping early at step %d", t.patience, self.step)
+                window["start"] = time.perf_counter()  # evaluation time is not training speed
+        bar.close()
+        results = self.final_scores(writer, trained_tokens / max(trained_seconds, 1e-9))
+        writer.close()
+        return results
+
+    def final_scores(self, writer: SummaryWriter, tokens_per_s: float) -> dict:
+        best = load_checkpoint(self.ckpt_dir / "best.pt", self.device)
+        self.model.load_state_dict(best["model"])
+        results = {
+            "best_step": best["step"], "steps": self.step, "decoding": "greedy", "precision": self.precision,
+            "train_target_tokens_per_s": round(tokens_per_s, 1),
+            "dev": best["dev"], "test": {},
+        }
+        for name, split in self.test_splits.items():
+            scores = self.evaluate(split)
+            log.info("test %s (best checkpoint, step %d): %s", name, best["step"], scores)
+            writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])
+            results["test"][name] = dataclasses.asdict(scores)
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+
+def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """Train as configured, writing everything into run_dir; returns what results.json holds."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    trainer = Trainer(cfg, run_dir)
+    if cfg.trainer.resume:
+        trainer.resume()
+    return trainer.train()
