@@ -84,7 +84,7 @@ class MultiHeadAttention(nn.Module):
         mask = _blocked_positions(key_padding_mask, causal, q.size(2), k.size(2), q.device)
         dropout = self.dropout if self.training else 0.0
 
-        if need_weights:
+        if need_weights or not _fused_is_faster(q):
             out, weights = _attention_with_weights(q, k, v, mask, dropout)
         else:
             # A single cached query may see every key, so the causal mask is only needed when T > 1;
@@ -97,9 +97,16 @@ class MultiHeadAttention(nn.Module):
                 is_causal=fused_causal,
             )
             weights = None
+        weights = weights if need_weights else None
         batch, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
         return self.out_proj(out), weights
+
+
+def _fused_is_faster(q: Tensor) -> bool:
+    # Measured with torch 2.13: the fused CPU kernel is 4-5x slower than the explicit path in bfloat16 (and
+    # a little faster in float32); on CUDA the fused kernels win.
+    return not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
 
 
 def _blocked_positions(

@@ -48,8 +48,10 @@ class SinusoidalPositions(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
-        super().__init__(nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
+    # No dropout on the inner activations, as in the paper (and fairseq's default): on CPU it cost about a
+    # tenth of a training step, being four times wider than the residual stream.
+    def __init__(self, d_model: int, ffn_dim: int):
+        super().__init__(nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, d_model))
 
 
 class Residual(nn.Module):
@@ -71,7 +73,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim)
         self.attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
@@ -85,7 +87,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim)
         self.self_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.cross_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -23,6 +22,7 @@ from mt.config import OptimConfig, TrainConfig
 from mt.evaluate import Scores, score, translate_split
 from mt.files import InputError
 from mt.heatmap import attention_figure
+from mt.loss import label_smoothed_cross_entropy
 from mt.model import ModelConfig, Transformer
 from mt.search import greedy_search
 from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
@@ -69,16 +69,6 @@ def autocast_for(precision: str, device: torch.device):
 
 
 # ---------------------------------------------------------------- optimization
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed over non-pad tokens: the smoothed loss that is trained on, and the plain NLL (for perplexity)."""
-    log_probs = logits.float().log_softmax(dim=-1)
-    keep = target.ne(PAD_ID)
-    nll = -log_probs.gather(-1, target[..., None]).squeeze(-1)
-    uniform = -log_probs.mean(dim=-1)
-    loss = (1.0 - epsilon) * nll + epsilon * uniform
-    return loss[keep].sum(), nll[keep].sum()
-
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.name)
@@ -185,7 +175,7 @@ class Trainer:
             batch = batch.to(self.device)
             with self.autocast():
                 logits = self.model(batch.src, batch.tgt_in).logits
-            loss, nll = label_smoothed_loss(logits, batch.tgt_out, self.cfg.trainer.label_smoothing)
+            loss, nll = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.trainer.label_smoothing, PAD_ID)
             self.scaler.scale(loss / tokens).backward()
             total_loss, total_nll = total_loss + loss.detach(), total_nll + nll.detach()
         self.scaler.unscale_(self.optimizer)
