@@ -30,13 +30,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
+    if not zipfile.is_zipfile(path):  # torch.save always writes a zip archive; a cut-off one has no directory
+        raise InputError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise InputError(f"{path}: refused to load: it holds Python objects other than tensors and plain data "
                          f"({str(e).splitlines()[0]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise InputError(f"{path}: not a readable checkpoint (truncated or not a PyTorch file: {e})") from None
+        raise InputError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise InputError(f"{path}: not a checkpoint of this toolkit")
     if content.get("version") != VERSION:

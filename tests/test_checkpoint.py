@@ -1,0 +1,72 @@
+"""Checkpoints: atomic writes, and loading that refuses anything that is not plainly ours."""
+
+import os
+
+import pytest
+import torch
+
+from mt.checkpoint import VERSION, load_checkpoint, save_checkpoint
+from mt.files import InputError
+
+
+def test_round_trip_keeps_tensors_numbers_and_bytes(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.arange(4.0)}, "step": 7, "spm_model": b"\x00\x01"})
+    content = load_checkpoint(path)
+    assert content["step"] == 7 and content["spm_model"] == b"\x00\x01"
+    assert torch.equal(content["model"]["w"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"step": 2, "unsaveable": lambda: None})
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "foreign", "old_version", "missing"])
+def test_unreadable_or_foreign_checkpoints_are_refused_in_one_line(tmp_path, kind):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.randn(100)}, "step": 3})
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, path)
+    elif kind == "old_version":
+        torch.save({"format": "mt-checkpoint", "version": VERSION + 1}, path)
+    elif kind == "missing":
+        path.unlink()
+    with pytest.raises(InputError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message
+    expected = {"truncated": "not a readable checkpoint", "garbage": "not a readable checkpoint",
+                "foreign": "not a checkpoint of this toolkit", "old_version": "format version",
+                "missing": "no such checkpoint"}[kind]
+    assert expected in message
+
+
+class Payload:
+    """Pickles as a call to os.system: loading it with plain pickle would run the command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_carrying_a_pickled_payload_is_refused_and_the_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mt-checkpoint", "version": VERSION, "model": {}, "extra": Payload(marker)}, path)
+    with pytest.raises(InputError, match="refused to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
