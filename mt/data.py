@@ -30,10 +30,10 @@ class DataConfig:
     source: str = "files"  # files | hub
     src_lang: str = "de"
     tgt_lang: str = "en"
-    # For source=files: path patterns with {lang}, e.g. data/multi30k/train.{lang}.gz
+    # For source=files: path prefixes, read as PREFIX.LANG or PREFIX.LANG.gz (data/multi30k/train -> train.de.gz)
     train: Optional[str] = None
     dev: Optional[str] = None
-    test: dict[str, str] = field(default_factory=dict)  # test-set name -> pattern
+    test: dict[str, str] = field(default_factory=dict)  # test-set name -> prefix
     # For source=hub: a dataset with a `translation` column of {lang: text}
     hub_name: Optional[str] = None
     hub_config: Optional[str] = None
@@ -59,15 +59,20 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
 
 
 def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
-    patterns = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
-    missing = [name for name in ("train", "dev") if not patterns[name]]
+    prefixes = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
+    missing = [name for name in ("train", "dev") if not prefixes[name]]
     if missing:
-        raise InputError(f"data.{missing[0]} is not set: give a path pattern with {{lang}}, "
-                         f"e.g. data.{missing[0]}=corpus/{missing[0]}.{{lang}}")
+        raise InputError(f"data.{missing[0]} is not set: give a path prefix, e.g. data.{missing[0]}=corpus/{missing[0]} "
+                         f"for corpus/{missing[0]}.{cfg.src_lang} and corpus/{missing[0]}.{cfg.tgt_lang}")
     return datasets.DatasetDict({
-        name: _load_file_pair(pattern.format(lang=cfg.src_lang), pattern.format(lang=cfg.tgt_lang), cfg.cache_dir)
-        for name, pattern in patterns.items()
+        name: _load_file_pair(_language_file(prefix, cfg.src_lang), _language_file(prefix, cfg.tgt_lang), cfg.cache_dir)
+        for name, prefix in prefixes.items()
     })
+
+
+def _language_file(prefix: str, lang: str) -> str:
+    plain = f"{prefix}.{lang}"
+    return plain if Path(plain).exists() or not Path(plain + ".gz").exists() else plain + ".gz"
 
 
 def _pairs(src_path: str, tgt_path: str) -> Iterator[dict]:
@@ -102,7 +107,7 @@ def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
         offline = datasets.config.HF_HUB_OFFLINE or isinstance(e, ConnectionError)
         reason = "is not in the local cache and the Hub cannot be reached" if offline else f"could not be loaded ({e})"
         raise InputError(f"Hub dataset '{cfg.hub_name}' ({cfg.hub_config}) {reason}; to train on local files use "
-                         "data=files data.train=PATH.{lang} data.dev=PATH.{lang}") from None
+                         "data=files data.train=PREFIX data.dev=PREFIX (files PREFIX.LANG)") from None
     corpus = {}
     for name, split in cfg.hub_splits.items():
         if split not in hub:

@@ -25,11 +25,11 @@ def multi30k_lines(split: str, lang: str, count: int) -> list[str]:
 
 
 def write_pair(folder: Path, name: str, src: list[str], tgt: list[str]) -> str:
-    """Write NAME.de / NAME.en and return the pattern NAME.{lang}."""
+    """Write NAME.de / NAME.en and return the prefix NAME."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.de").write_text("".join(line + "\n" for line in src), encoding="utf-8")
     (folder / f"{name}.en").write_text("".join(line + "\n" for line in tgt), encoding="utf-8")
-    return str(folder / f"{name}.{{lang}}")
+    return str(folder / name)
 
 
 @pytest.fixture(scope="session")

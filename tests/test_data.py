@@ -29,7 +29,7 @@ def test_train_limit_keeps_the_first_pairs(small_corpus, tmp_path):
 
 
 def test_edited_file_is_read_again_not_served_from_the_cache(tmp_path):
-    pattern = str(tmp_path / "c.{lang}")
+    pattern = str(tmp_path / "c")
     for lang, text in (("de", "eins\nzwei\n"), ("en", "one\ntwo\n")):
         (tmp_path / f"c.{lang}").write_text(text)
     cfg = DataConfig(train=pattern, dev=pattern, cache_dir=str(tmp_path / "cache"))
@@ -47,7 +47,7 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path, problem):
         (tmp_path / "c.en").write_text("a\nb\n")
     if problem == "utf8":
         (tmp_path / "c.en").write_bytes(b"a\nb\xff\xfe\nc\n")
-    pattern = str(tmp_path / ("nothere.{lang}" if problem == "missing" else "c.{lang}"))
+    pattern = str(tmp_path / ("nothere" if problem == "missing" else "c"))
     cfg = DataConfig(train=pattern, dev=None if problem == "unset" else pattern, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(InputError) as error:
         data.load_corpus(cfg)
@@ -88,7 +88,7 @@ def test_filtering_drops_and_counts_empty_long_and_unbalanced_pairs(tmp_path, ca
     tgt = ["a dog", "nothing", "a very long sentence", " ".join(["yes"] * 14), "a cat"]
     for lang, lines in (("de", src), ("en", tgt)):
         (tmp_path / f"c.{lang}").write_text("\n".join(lines) + "\n")
-    cfg = DataConfig(train=str(tmp_path / "c.{lang}"), dev=str(tmp_path / "c.{lang}"), cache_dir=str(tmp_path / "x"),
+    cfg = DataConfig(train=str(tmp_path / "c"), dev=str(tmp_path / "c"), cache_dir=str(tmp_path / "x"),
                      tokenizer=TokenizerConfig(vocab_size=40))
     corpus = data.load_corpus(cfg)
     tok = train_or_load((t for r in corpus["train"] for t in (r["src"], r["tgt"])), "f", cfg.tokenizer, tmp_path / "s")

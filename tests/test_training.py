@@ -1,0 +1,151 @@
+"""Training end to end on real (small) Multi30k files: the CLI, the run directory, resume, and learning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, multi30k_lines, write_pair
+from mt.checkpoint import load_checkpoint
+from mt.config import OptimConfig, TrainConfig, TrainerConfig
+from mt.data import DataConfig
+from mt.model import ModelConfig, Transformer
+from mt.tokenizer import Tokenizer, TokenizerConfig
+from mt.trainer import run
+
+TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
+        "trainer.log_every=4", "trainer.progress=false"]
+
+
+def train_cli(*overrides, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def corpus_overrides(corpus, tmp_path):
+    return [f"data.train={corpus['train']}", f"data.dev={corpus['dev']}", f"+data.test.flickr={corpus['test']}",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=12",
+                       "trainer.eval_every=6", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "results.json", "spm.model", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == 12 and results["best_step"] in (6, 12)
+    assert set(results["test"]) == {"flickr"}
+    for scores in (results["dev"], results["test"]["flickr"]):
+        assert 0 <= scores["bleu"] <= 100 and 0 <= scores["chrf"] <= 100
+        assert scores["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s",
+            "dev/bleu", "dev/chrf", "test/flickr/bleu"} <= scalars
+    assert [e.step for e in events.Scalars("dev/bleu")] == [6, 12]
+    assert {"attention/dev_0", "attention/dev_1", "attention/dev_2"} <= set(events.Tags()["images"])
+    image = events.Images("attention/dev_0")[-1]
+    assert image.encoded_image_string[:4] == b"\x89PNG" and image.width > 100
+
+    # The checkpoint alone is enough to translate: weights, model settings and the vocabulary travel with it.
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    tokenizer = Tokenizer(checkpoint["spm_model"])
+    assert checkpoint["spm_model"] == (run_dir / "spm.model").read_bytes()
+    model = Transformer(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    assert tokenizer.vocab_size == model.cfg.vocab_size == 300
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 12
+
+
+def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(small_corpus, tmp_path):
+    def config(max_steps, resume):
+        return TrainConfig(
+            data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], cache_dir=str(tmp_path / "cache"),
+                            batch_tokens=1000, tokenizer=TokenizerConfig(vocab_size=300)),
+            model=ModelConfig(vocab_size=0, d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=64),
+            optim=OptimConfig(warmup_steps=5),
+            # 300 pairs make ~13 batches: the interruption falls inside the second epoch
+            trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False, heatmap_sentences=0),
+        )
+
+    run(config(27, resume=False), tmp_path / "whole")
+    run(config(18, resume=False), tmp_path / "parts")
+    first_half = load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")
+    assert first_half["step"] == 18 and first_half["epoch"] == 1
+    results = run(config(27, resume=True), tmp_path / "parts")
+    assert results["steps"] == 27
+
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    parts = load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")
+    assert parts["step"] == whole["step"] == 27
+    assert (parts["epoch"], parts["batch_in_epoch"]) == (whole["epoch"], whole["batch_in_epoch"])
+    for name, tensor in whole["model"].items():
+        assert torch.equal(parts["model"][name], tensor), name
+    assert torch.equal(parts["optimizer"]["state"][0]["exp_avg"], whole["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
+    src, tgt = multi30k_lines("train", "de", 32), multi30k_lines("train", "en", 32)
+    pattern = write_pair(tmp_path / "c", "pairs", src, tgt)
+    cfg = TrainConfig(
+        data=DataConfig(train=pattern, dev=pattern, cache_dir=str(tmp_path / "cache"), batch_tokens=2000,
+                        tokenizer=TokenizerConfig(vocab_size=400)),
+        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=256,
+                          dropout=0.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=30),
+        trainer=TrainerConfig(max_steps=300, eval_every=100, label_smoothing=0.0, progress=False, heatmap_sentences=0,
+                              patience=0),
+    )
+    results = run(cfg, tmp_path / "run")
+    assert results["dev"]["bleu"] > 90, results["dev"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_stepz=5", "Could not override 'trainer.max_stepz'"),
+    ("trainer.max_steps=many", "trainer.max_steps"),
+    ("model=huge", "Could not find 'model/huge'"),
+])
+def test_a_wrong_override_is_refused_by_hydra_before_anything_runs(override, expected, tmp_path):
+    result = train_cli(override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_hub_dataset_while_offline_fails_at_once_with_one_line(tmp_path):
+    result = train_cli("data=hub", "data.hub_name=surely/not-cached", f"data.cache_dir={tmp_path}",
+                       f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: Hub dataset 'surely/not-cached'")
+    assert "not in the local cache" in lines[-1] and "data=files" in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_data_file_names_it_in_one_line(tmp_path):
+    result = train_cli(*TINY, f"data.train={tmp_path}/nope", f"data.dev={tmp_path}/nope",
+                       f"data.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/nope.de: no such file"
+
+
+def test_multirun_sweeps_write_one_run_directory_each(small_corpus, tmp_path):
+    result = train_cli("-m", *TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=2",
+                       "trainer.eval_every=2", "trainer.seed=1,2", "trainer.heatmap_sentences=0",
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "results.json").is_file()
+    seeds = [json.loads((tmp_path / "sweep" / job / "results.json").read_text()) for job in ("0", "1")]
+    assert all(s["steps"] == 2 for s in seeds)
