@@ -1,7 +1,18 @@
-"""Translate text files with a trained checkpoint. Not built yet: batched beam search, n-best lists and
-alignment dumps arrive with the translate issue; until then training reports dev and test BLEU itself."""
+"""Translate text with a trained checkpoint: `python translate.py checkpoint=CKPT [input=FILE] [output=FILE]`;
+configs/translate.yaml lists the keys."""
 
-import sys
+import hydra
+
+from mt import cli, config, translate
+
+config.register()
+
+
+@hydra.main(config_path="configs", config_name="translate", version_base="1.3")
+def main(cfg) -> None:
+    with cli.one_line_errors():
+        translate.run(cli.typed(cfg))
+
 
 if __name__ == "__main__":
-    sys.exit("translate.py is not implemented yet: train.py writes dev/test BLEU to results.json in the run directory")
+    main()

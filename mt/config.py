@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 
 from mt.data import DataConfig
 from mt.model import ModelConfig
+from mt.translate import TranslateConfig
 
 
 @dataclass
@@ -36,7 +37,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where the hardware has it, else fp32)
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
-    eval_batch_tokens: int = 8000
+    eval_batch_tokens: int = 4000  # as translate.py's batch_tokens, so both decode the same batches
     max_len_a: float = 1.5  # dev/test decoding stops after a * source length + b tokens
     max_len_b: int = 10
     heatmap_sentences: int = 3  # dev sentences whose cross-attention is drawn at each evaluation
@@ -53,3 +54,4 @@ class TrainConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="translate_schema", node=TranslateConfig)

@@ -62,8 +62,9 @@ def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
     prefixes = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
     missing = [name for name in ("train", "dev") if not prefixes[name]]
     if missing:
-        raise InputError(f"data.{missing[0]} is not set: give a path prefix, e.g. data.{missing[0]}=corpus/{missing[0]} "
-                         f"for corpus/{missing[0]}.{cfg.src_lang} and corpus/{missing[0]}.{cfg.tgt_lang}")
+        name = missing[0]
+        raise InputError(f"data.{name} is not set: give a path prefix, e.g. data.{name}=corpus/{name} "
+                         f"for corpus/{name}.{cfg.src_lang} and corpus/{name}.{cfg.tgt_lang}")
     return datasets.DatasetDict({
         name: _load_file_pair(_language_file(prefix, cfg.src_lang), _language_file(prefix, cfg.tgt_lang), cfg.cache_dir)
         for name, prefix in prefixes.items()
@@ -193,7 +194,8 @@ class Batch:
         return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
 
 
-def _pad(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
+    """prefix + row + suffix for each row (the row cut to fit max_len), padded into one (rows, longest) tensor."""
     rows = [prefix + (r[:max_len - len(prefix) - len(suffix)] if max_len else r) + suffix for r in rows]
     out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -205,9 +207,9 @@ def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = N
     """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
     rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
     return Batch(
-        src=_pad(rows["src_ids"], [], [EOS_ID], max_len),
-        tgt_in=_pad(rows["tgt_ids"], [BOS_ID], [], max_len),
-        tgt_out=_pad(rows["tgt_ids"], [], [EOS_ID], max_len),
+        src=pad_rows(rows["src_ids"], [], [EOS_ID], max_len),
+        tgt_in=pad_rows(rows["tgt_ids"], [BOS_ID], [], max_len),
+        tgt_out=pad_rows(rows["tgt_ids"], [], [EOS_ID], max_len),
         indices=list(indices),
     )
 
@@ -226,7 +228,8 @@ class TokenBatches:
         self.rank, self.world_size = rank, world_size
 
     @classmethod
-    def for_split(cls, split: datasets.Dataset, max_tokens: int, shuffle: bool, seed: int = 0, **shard) -> "TokenBatches":
+    def for_split(cls, split: datasets.Dataset, max_tokens: int, shuffle: bool, seed: int = 0,
+                  **shard) -> "TokenBatches":
         columns = split.with_format("numpy")
         return cls(columns["src_len"], columns["tgt_len"], max_tokens, shuffle, seed, **shard)
 

@@ -10,17 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
-def attention_figure(layers: list[Tensor], src_tokens: list[str], tgt_tokens: list[str], title: str = ""):
-    """One panel per decoder layer; each panel is the head-averaged (target x source) cross-attention."""
+def attention_figure(panels: list[Tensor], src_tokens: list[str], tgt_tokens: list[str], title: str = "",
+                     panel_titles: list[str] | None = None):
+    """One (target x source) attention matrix per panel, side by side; panels are layers unless titled."""
     width = max(3.0, 0.3 * len(src_tokens) + 1.5)
     height = max(2.5, 0.3 * len(tgt_tokens) + 1.5)
-    fig, axes = plt.subplots(1, len(layers), figsize=(width * len(layers), height), squeeze=False)
-    for number, (ax, weights) in enumerate(zip(axes[0], layers)):
-        matrix = weights.float().mean(dim=0) if weights.dim() == 3 else weights.float()
-        ax.imshow(matrix.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    for number, (ax, matrix) in enumerate(zip(axes[0], panels)):
+        ax.imshow(matrix.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=8)
         ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
-        ax.set_title(f"layer {number}", fontsize=9)
+        ax.set_title(panel_titles[number] if panel_titles else f"layer {number}", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -3,7 +3,6 @@ is translated and scored, checkpoints and heatmaps written; at the end the best 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -19,53 +18,17 @@ from tqdm import tqdm
 from mt import data as corpus_data
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import OptimConfig, TrainConfig
-from mt.evaluate import Scores, score, translate_split
+from mt.evaluate import Scores, score
 from mt.files import InputError
+from mt.hardware import autocast_for, select_device, select_precision
 from mt.heatmap import attention_figure
 from mt.loss import label_smoothed_cross_entropy
-from mt.model import ModelConfig, Transformer
-from mt.search import greedy_search
-from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
+from mt.model import Transformer
+from mt.search import greedy_search, score_outputs
+from mt.tokenizer import PAD_ID, train_or_load
+from mt.translate import TranslateConfig, Translator
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- hardware
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
-    return torch.device(name)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def select_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if _cpu_has_bf16() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise InputError("trainer.precision=fp16 needs CUDA (it relies on a gradient scaler); on CPU use bf16 or fp32")
-    if name not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"trainer.precision={name}: choose auto, fp32, bf16 or fp16")
-    return name
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A context-manager factory: autocast in the chosen precision, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------- optimization
@@ -100,7 +63,9 @@ class Trainer:
         self.tokenizer.save(self.run_dir / "spm.model")
         encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train")
                    for name, split in corpus.items()}
-        self.train_split = corpus_data.filter_pairs(encoded.pop("train"), cfg.data.max_len, cfg.data.max_len_ratio)
+        # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
+        self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
+        self.train_split = corpus_data.filter_pairs(encoded.pop("train"), self.max_len, cfg.data.max_len_ratio)
         self.dev_split = encoded.pop("dev")
         self.test_splits = encoded
         self.batches = corpus_data.TokenBatches.for_split(
@@ -193,10 +158,15 @@ class Trainer:
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, split) -> Scores:
+        """Greedy translations of a split's sources (exactly as translate.py beam_size=1 gives them), scored."""
         t = self.cfg.trainer
-        hyps = translate_split(self.model, split, self.tokenizer, t.eval_batch_tokens, self.cfg.data.max_len,
-                               self.device, self.autocast, t.max_len_a, t.max_len_b)
-        return score(hyps, split["tgt"])
+        settings = TranslateConfig(beam_size=1, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
+                                   batch_tokens=t.eval_batch_tokens, precision=self.precision)
+        was_training = self.model.training
+        self.model.eval()
+        hyps = Translator(self.model, self.tokenizer, settings, self.device).best(list(split["src"]))
+        self.model.train(was_training)
+        return score(hyps, list(split["tgt"]))
 
     @torch.no_grad()
     def draw_heatmaps(self, writer: SummaryWriter) -> None:
@@ -204,13 +174,13 @@ class Trainer:
         if count == 0:
             return
         self.model.eval()
-        batch = corpus_data.collate(self.dev_split, list(range(count)), self.cfg.data.max_len).to(self.device)
-        hyps = greedy_search(self.model, batch.src, self.cfg.trainer.max_len_a, self.cfg.trainer.max_len_b,
-                             need_attention=True)
+        batch = corpus_data.collate(self.dev_split, list(range(count)), self.max_len).to(self.device)
+        outputs = greedy_search(self.model, batch.src, self.cfg.trainer.max_len_a, self.cfg.trainer.max_len_b).tokens
+        attention = score_outputs(self.model, batch.src, outputs, need_attention=True).attention
         for i in range(count):
             src_ids = [t for t in batch.src[i].tolist() if t != PAD_ID]
-            tgt_ids = hyps.tokens[i] + [src_ids[-1]]  # the EOS step attends too
-            fig = attention_figure(hyps.attention[i], self.tokenizer.pieces(src_ids), self.tokenizer.pieces(tgt_ids),
+            layers = [layer.mean(dim=0) for layer in attention[i]]  # heads averaged
+            fig = attention_figure(layers, self.tokenizer.pieces(src_ids), self.tokenizer.pieces(outputs[i]) + ["</s>"],
                                    title=f"dev sentence {i}, step {self.step}")
             writer.add_figure(f"attention/dev_{i}", fig, self.step)
         self.model.train()
@@ -288,7 +258,9 @@ class Trainer:
         best = load_checkpoint(self.ckpt_dir / "best.pt", self.device)
         self.model.load_state_dict(best["model"])
         results = {
-            "best_step": best["step"], "steps": self.step, "decoding": "greedy", "precision": self.precision,
+            "best_step": best["step"], "steps": self.step, "precision": self.precision,
+            "decoding": {"beam_size": 1, "max_len_a": self.cfg.trainer.max_len_a,
+                         "max_len_b": self.cfg.trainer.max_len_b, "batch_tokens": self.cfg.trainer.eval_batch_tokens},
             "train_target_tokens_per_s": round(tokens_per_s, 1),
             "dev": best["dev"], "test": {},
         }

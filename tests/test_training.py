@@ -75,7 +75,8 @@ def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(sm
             model=ModelConfig(vocab_size=0, d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=64),
             optim=OptimConfig(warmup_steps=5),
             # 300 pairs make ~13 batches: the interruption falls inside the second epoch
-            trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False, heatmap_sentences=0),
+            trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False,
+                                  heatmap_sentences=0),
         )
 
     run(config(27, resume=False), tmp_path / "whole")

@@ -1,0 +1,111 @@
+"""Word alignments from attention: subword pieces merged to words, hard links, Pharaoh I/O, and AER.
+
+Words are whitespace-separated words: a SentencePiece piece that starts with "▁" starts a new word, so word i
+here is word i of `line.split()`, and a gold file over pre-tokenized text lines up index for index.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+WORD_START = "\u2581"  # SentencePiece's marker of a preceding space
+
+Link = tuple[int, int]  # (source word, target word)
+
+
+def word_index(pieces: list[str]) -> list[int]:
+    """For each piece, the number of the whitespace word it belongs to (-1: none, in a sentence of no words).
+
+    A bare "▁" piece is only a space: it joins the word after it, or the one before it at the end of a sentence.
+    """
+    index, word, at_space = [], -1, True
+    for piece in pieces:
+        at_space = at_space or piece.startswith(WORD_START)
+        if piece.lstrip(WORD_START):
+            if at_space or word < 0:
+                word += 1
+            at_space = False
+            index.append(word)
+        else:
+            index.append(None)
+    for i in reversed(range(len(index))):  # bare spaces take the word that follows them...
+        if index[i] is None and i + 1 < len(index) and index[i + 1] is not None:
+            index[i] = index[i + 1]
+    return [w if w is not None else max(word, -1) for w in index]  # ...or, at the end, the last word
+
+
+def merge_to_words(attention: Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> Tensor:
+    """(target pieces [+ EOS], source pieces [+ EOS]) attention -> (target words, source words).
+
+    The EOS row and column are dropped and each row renormalized (attention parked on EOS says nothing about
+    which word aligns); a source word gets the sum of its pieces' weights (the mass on that word), a target word
+    the mean of its pieces' rows.
+    """
+    matrix = attention[: len(tgt_pieces), : len(src_pieces)].double()
+    matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    src_words, tgt_words = word_index(src_pieces), word_index(tgt_pieces)
+    n_src, n_tgt = max(src_words, default=-1) + 1, max(tgt_words, default=-1) + 1
+    to_src = torch.zeros(len(src_pieces), n_src, dtype=torch.float64)
+    to_tgt = torch.zeros(n_tgt, len(tgt_pieces), dtype=torch.float64)
+    for piece, word in enumerate(src_words):
+        if word >= 0:
+            to_src[piece, word] = 1.0
+    for piece, word in enumerate(tgt_words):
+        if word >= 0:
+            to_tgt[word, piece] = 1.0
+    to_tgt = to_tgt / to_tgt.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return to_tgt @ matrix @ to_src
+
+
+def hard_links(word_attention: Tensor) -> list[Link]:
+    """Each target word links to the source word it attends to most."""
+    if word_attention.numel() == 0:
+        return []
+    return [(int(i), j) for j, i in enumerate(word_attention.argmax(dim=1).tolist())]
+
+
+def select_heads(attention: Tensor, layer: int, head: int | None) -> Tensor:
+    """(layers, heads, T, S) -> (T, S): one decoder layer, one head or the mean of all heads."""
+    weights = attention[layer]
+    return weights.mean(dim=0) if head is None else weights[head]
+
+
+def to_pharaoh(links: list[Link]) -> str:
+    return " ".join(f"{i}-{j}" for i, j in sorted(links))
+
+
+_LINK = re.compile(r"^(\d+)([-?])(\d+)([SsPp]?)$")
+
+
+def read_pharaoh(line: str, where: str = "") -> tuple[set[Link], set[Link]]:
+    """Sure and possible links of one line. Read forms: `i-j` (sure), `i-jS` (sure), `i?j`, `i-jP`, `i-jp`
+    (possible). Every sure link is also possible, as AER assumes."""
+    sure, possible = set(), set()
+    for item in line.split():
+        match = _LINK.match(item)
+        if not match:
+            raise ValueError(f"{where}: '{item}' is not a link (i-j, i?j, i-jp)")
+        link = (int(match[1]), int(match[3]))
+        possible.add(link)
+        if match[2] == "-" and match[4] in ("", "S", "s"):
+            sure.add(link)
+    return sure, possible
+
+
+def alignment_error_rate(gold: list[tuple[set[Link], set[Link]]], predicted: list[set[Link]]) -> dict:
+    """Och and Ney (2003): AER = 1 - (|A & S| + |A & P|) / (|A| + |S|), summed over the corpus."""
+    a_and_s = a_and_p = size_a = size_s = 0
+    for (sure, possible), links in zip(gold, predicted, strict=True):
+        a_and_s += len(links & sure)
+        a_and_p += len(links & possible)
+        size_a += len(links)
+        size_s += len(sure)
+    return {
+        "aer": 1.0 - (a_and_s + a_and_p) / max(size_a + size_s, 1),
+        "precision": a_and_p / max(size_a, 1),
+        "recall": a_and_s / max(size_s, 1),
+        "links": size_a,
+    }
