@@ -67,6 +67,61 @@ def hard_links(word_attention: Tensor) -> list[Link]:
     return [(int(i), j) for j, i in enumerate(word_attention.argmax(dim=1).tolist())]
 
 
+def threshold_links(word_attention: Tensor, threshold: float) -> list[Link]:
+    """Every (source, target) word pair with at least `threshold` attention."""
+    return [(int(i), int(j)) for j, i in (word_attention >= threshold).nonzero().tolist()]
+
+
+def diagonal_links(n_src: int, n_tgt: int) -> set[Link]:
+    """The monotone baseline: target word j links to the source word at the same relative position."""
+    if n_src == 0:
+        return set()
+    return {(min(int((j + 0.5) * n_src / n_tgt), n_src - 1), j) for j in range(n_tgt)}
+
+
+_NEIGHBOURS = [(-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+
+
+def grow_diag_final(forward: set[Link], reverse: set[Link]) -> set[Link]:
+    """Koehn et al. (2003), as Moses does it: start from the intersection; grow into union links next to (also
+    diagonally) an alignment point that cover a word not yet aligned, scanning (i, j) in order until nothing is
+    added; then add forward links, then reverse links, that cover a word not yet aligned."""
+    union, links = forward | reverse, forward & reverse
+    src_aligned, tgt_aligned = {i for i, _ in links}, {j for _, j in links}
+
+    def add(link: Link) -> None:
+        links.add(link)
+        src_aligned.add(link[0])
+        tgt_aligned.add(link[1])
+
+    n_src = max((i for i, _ in union), default=-1) + 1
+    n_tgt = max((j for _, j in union), default=-1) + 1
+    grown = True
+    while grown:
+        grown = False
+        for i in range(n_src):
+            for j in range(n_tgt):
+                if (i, j) not in links:
+                    continue
+                for di, dj in _NEIGHBOURS:
+                    new = (i + di, j + dj)
+                    if new in union and new not in links and (new[0] not in src_aligned or new[1] not in tgt_aligned):
+                        add(new)
+                        grown = True
+    for direction in (forward, reverse):
+        for link in sorted(direction):
+            if link not in links and (link[0] not in src_aligned or link[1] not in tgt_aligned):
+                add(link)
+    return links
+
+
+SYMMETRIZE = {
+    "intersection": lambda forward, reverse: forward & reverse,
+    "union": lambda forward, reverse: forward | reverse,
+    "grow-diag-final": grow_diag_final,
+}
+
+
 def select_heads(attention: Tensor, layer: int, head: int | None) -> Tensor:
     """(layers, heads, T, S) -> (T, S): one decoder layer, one head or the mean of all heads."""
     weights = attention[layer]

@@ -9,6 +9,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from mt.data import DataConfig
+from mt.force_align import AlignConfig
 from mt.model import ModelConfig
 from mt.translate import TranslateConfig
 
@@ -55,3 +56,4 @@ class TrainConfig:
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(name="translate_schema", node=TranslateConfig)
+    ConfigStore.instance().store(name="align_schema", node=AlignConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,16 +19,23 @@ def _open_binary(path: Path) -> BinaryIO:
 
 
 def read_lines(path: str | os.PathLike) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file (plain or .gz) without their line endings."""
+    """Yield the lines of a UTF-8 text file (plain or .gz; - is stdin) without their line endings."""
+    if str(path) == "-":
+        yield from _decoded(sys.stdin.buffer, "<stdin>")
+        return
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with _open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{number}: not UTF-8 (byte {e.start}); convert the file to UTF-8") from None
+        yield from _decoded(f, str(path))
+
+
+def _decoded(lines: BinaryIO, name: str) -> Iterator[str]:
+    for number, raw in enumerate(lines, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name}:{number}: not UTF-8 (byte {e.start}); convert it to UTF-8") from None
 
 
 def read_parallel(src_path: str, tgt_path: str) -> Iterator[tuple[str, str]]:

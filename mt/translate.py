@@ -22,7 +22,8 @@ from mt.evaluate import score
 from mt.files import InputError, read_lines
 from mt.hardware import autocast_for, select_device, select_precision
 from mt.model import ModelConfig, Transformer
-from mt.search import Hypothesis, beam_search, greedy_search, length_penalty, score_outputs
+from mt.force_align import ForcedAligner, LinkSettings
+from mt.search import Hypothesis, beam_search, greedy_search, length_penalty
 from mt.tokenizer import EOS_ID, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ class TranslateConfig:
     align_head: Optional[int] = None  # one head, or null for the mean of all heads
 
 
-@dataclass
-class Translation:
-    hypotheses: list[Hypothesis]
-    src_pieces: list[str]
-    tgt_pieces: list[str] = None  # of the best hypothesis, EOS excluded
-    attention: Optional[torch.Tensor] = None  # (layers, heads, target pieces + EOS, source pieces + EOS)
-
-
 def load_translator(path: str, device: torch.device) -> tuple[Transformer, Tokenizer]:
     """The model and tokenizer of a checkpoint (it carries both)."""
     content = load_checkpoint(path, device)
@@ -75,21 +68,15 @@ class Translator:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, cfg: TranslateConfig, device: torch.device):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
         self.autocast = autocast_for(select_precision(cfg.precision, device), device)
-        self.needs_attention = bool(cfg.alignments or cfg.attention_dump or cfg.tensorboard)
-        layers = model.cfg.decoder_layers
-        if self.needs_attention and not -layers <= cfg.align_layer < layers:
-            raise InputError(f"align_layer={cfg.align_layer}: the model has {layers} decoder layers")
-        if self.needs_attention and cfg.align_head is not None and not 0 <= cfg.align_head < model.cfg.n_heads:
-            raise InputError(f"align_head={cfg.align_head}: the model has {model.cfg.n_heads} heads")
         if not 1 <= cfg.nbest <= cfg.beam_size:
             raise InputError(f"nbest={cfg.nbest} must be between 1 and beam_size={cfg.beam_size}")
 
     def best(self, lines: list[str]) -> list[str]:
         """The best translation of each line, as text."""
-        return self.tokenizer.decode([t.hypotheses[0].tokens for t in self.translate(lines)])
+        return self.tokenizer.decode([hyps[0].tokens for hyps in self.translate(lines)])
 
-    def translate(self, lines: list[str], source_name: str = "input") -> list[Translation]:
-        """One Translation per line, in order; an empty line gets an empty translation."""
+    def translate(self, lines: list[str], source_name: str = "input") -> list[list[Hypothesis]]:
+        """The n-best hypotheses of each line (best first), in input order; an empty line gets one empty one."""
         ids = self.tokenizer.encode(lines)
         limit = self.model.cfg.max_positions - 1  # room for EOS
         too_long = [i for i, row in enumerate(ids) if len(row) > limit]
@@ -97,7 +84,7 @@ class Translator:
             log.warning("%s: %d line(s) longer than %d subwords were translated from their first %d (first: line %d)",
                         source_name, len(too_long), limit, limit, too_long[0] + 1)
         ids = [row[:limit] for row in ids]
-        results = [Translation([Hypothesis([], 0.0, 0.0)], []) for _ in lines]
+        results = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         lengths = np.array([len(ids[i]) + 1 for i in todo], dtype=np.int64)
         for batch in TokenBatches(lengths, lengths, self.cfg.batch_tokens, shuffle=False).epoch(0):
@@ -106,7 +93,7 @@ class Translator:
         return results
 
     @torch.no_grad()
-    def _translate_batch(self, rows: list[int], ids: list[list[int]], results: list[Translation]) -> None:
+    def _translate_batch(self, rows: list[int], ids: list[list[int]], results: list[list[Hypothesis]]) -> None:
         src = pad_rows(ids, [], [EOS_ID]).to(self.device)
         c = self.cfg
         with self.autocast():
@@ -117,23 +104,8 @@ class Translator:
             else:
                 nbests = beam_search(self.model, src, c.beam_size, c.nbest, c.length_penalty, c.max_len_a,
                                      c.max_len_b, c.use_cache)
-            attention = score_outputs(self.model, src, [h[0].tokens for h in nbests], need_attention=True).attention \
-                if self.needs_attention else [None] * len(rows)
-        for row, source_ids, hyps, weights in zip(rows, ids, nbests, attention):
-            results[row] = Translation(hyps, self.tokenizer.pieces(source_ids + [EOS_ID]),
-                                       self.tokenizer.pieces(hyps[0].tokens), weights)
-
-
-def _read_input(name: str) -> list[str]:
-    if name == "-":
-        lines = []
-        for number, raw in enumerate(sys.stdin.buffer, start=1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise InputError(f"<stdin>:{number}: not UTF-8 (byte {e.start}); convert the input to UTF-8") from None
-        return lines
-    return list(read_lines(name))
+        for row, hyps in zip(rows, nbests):
+            results[row] = hyps
 
 
 def _check_outputs(cfg: TranslateConfig) -> None:
@@ -155,46 +127,42 @@ def _open(stack: ExitStack, name: Optional[str]) -> Optional[TextIO]:
     return stack.enter_context(open(name, "w", encoding="utf-8"))
 
 
-def write_results(cfg: TranslateConfig, translator: Translator, translations: list[Translation]) -> list[str]:
-    """Write every requested output; return the best translation of each line."""
-    best = translator.tokenizer.decode([t.hypotheses[0].tokens for t in translations])
-    layer, head = cfg.align_layer, cfg.align_head
+def write_results(cfg: TranslateConfig, tokenizer: Tokenizer, translations: list[list[Hypothesis]], best: list[str],
+                  attention: Optional[list], links: Optional[list]) -> None:
+    """Write the translations (or n-best lists), and the alignments and attention dump if asked for."""
     with ExitStack() as stack:
-        out, links, dump = (_open(stack, name) for name in (cfg.output, cfg.alignments, cfg.attention_dump))
-        for i, (translation, text) in enumerate(zip(translations, best)):
+        out, links_out, dump = (_open(stack, name) for name in (cfg.output, cfg.alignments, cfg.attention_dump))
+        for i, (hypotheses, text) in enumerate(zip(translations, best)):
             if cfg.nbest > 1:
-                texts = translator.tokenizer.decode([h.tokens for h in translation.hypotheses])
-                for hyp, hyp_text in zip(translation.hypotheses, texts):
+                texts = tokenizer.decode([h.tokens for h in hypotheses])
+                for hyp, hyp_text in zip(hypotheses, texts):
                     out.write(f"{i} ||| {hyp_text} ||| {hyp.score:.4f}\n")
             else:
                 out.write(text + "\n")
-            weights = None
-            if translation.attention is not None:
-                weights = align.select_heads(translation.attention, layer, head)
-            if links:
-                word_links = [] if weights is None else align.hard_links(
-                    align.merge_to_words(weights, translation.src_pieces[:-1], translation.tgt_pieces))
-                links.write(align.to_pharaoh(word_links) + "\n")
+            if links_out:
+                links_out.write(align.to_pharaoh(links[i]) + "\n")
             if dump:
+                src_pieces, tgt_pieces, weights = attention[i] or ([], [], None)
+                matrix = [] if weights is None else align.select_heads(weights, cfg.align_layer, cfg.align_head)
                 dump.write(json.dumps({
-                    "line": i, "layer": layer, "head": head,
-                    "source_tokens": translation.src_pieces, "target_tokens": (translation.tgt_pieces or []) + ["</s>"],
-                    "attention": [] if weights is None else [[round(w, 5) for w in row] for row in weights.tolist()],
+                    "line": i, "layer": cfg.align_layer, "head": cfg.align_head,
+                    "source_tokens": src_pieces + ["</s>"] if src_pieces else [],
+                    "target_tokens": tgt_pieces + ["</s>"] if tgt_pieces else [],
+                    "attention": [[round(w, 5) for w in row] for row in matrix.tolist()] if src_pieces else [],
                 }, ensure_ascii=False) + "\n")
             out.flush()
-    return best
 
 
-def write_heatmaps(cfg: TranslateConfig, translations: list[Translation]) -> None:
+def write_heatmaps(cfg: TranslateConfig, attention: list) -> None:
     from torch.utils.tensorboard import SummaryWriter  # only when asked for: it is slow to import
 
     from mt.heatmap import attention_figure
 
     with SummaryWriter(cfg.tensorboard) as writer:
-        shown = [(i, t) for i, t in enumerate(translations) if t.attention is not None][:cfg.tensorboard_sentences]
-        for i, t in shown:
-            panels = [align.select_heads(t.attention, layer, cfg.align_head) for layer in range(t.attention.size(0))]
-            fig = attention_figure(panels, t.src_pieces, t.tgt_pieces + ["</s>"], title=f"line {i}")
+        shown = [(i, item) for i, item in enumerate(attention) if item is not None][:cfg.tensorboard_sentences]
+        for i, (src_pieces, tgt_pieces, weights) in shown:
+            panels = [align.select_heads(weights, layer, cfg.align_head) for layer in range(weights.size(0))]
+            fig = attention_figure(panels, src_pieces + ["</s>"], tgt_pieces + ["</s>"], title=f"line {i}")
             writer.add_figure(f"attention/line_{i}", fig, 0)
 
 
@@ -203,13 +171,21 @@ def run(cfg: TranslateConfig) -> None:
     device = select_device(cfg.device)
     model, tokenizer = load_translator(cfg.checkpoint, device)
     translator = Translator(model, tokenizer, cfg, device)
-    lines = _read_input(cfg.input)
+    lines = list(read_lines(cfg.input))
     references = list(read_lines(cfg.reference)) if cfg.reference else None
     if references is not None and len(references) != len(lines):
         raise InputError(f"{cfg.reference} has {len(references)} lines but {cfg.input} has {len(lines)}")
     translations = translator.translate(lines, "<stdin>" if cfg.input == "-" else cfg.input)
-    best = write_results(cfg, translator, translations)
+    best = tokenizer.decode([hyps[0].tokens for hyps in translations])
+    attention = links = None
+    if cfg.alignments or cfg.attention_dump or cfg.tensorboard:
+        # The output as the model reads it back: scripts/align.py on (input, output) gives the same links.
+        aligner = ForcedAligner(model, tokenizer, LinkSettings(cfg.align_layer, cfg.align_head), cfg.batch_tokens,
+                                device, cfg.precision)
+        attention = aligner.attention(lines, best)
+        links = aligner.links_of(attention)
+    write_results(cfg, tokenizer, translations, best, attention, links)
     if cfg.tensorboard:
-        write_heatmaps(cfg, translations)
+        write_heatmaps(cfg, attention)
     if references is not None:
         print(f"{os.path.basename(cfg.reference)}: {score(best, references)}", file=sys.stderr)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gzip  # noqa: E402
+import random  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -42,3 +43,62 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
         "test": write_pair(folder, "test", multi30k_lines("test_2016_flickr", "de", 10),
                            multi30k_lines("test_2016_flickr", "en", 10)),
     }
+
+
+# ---------------------------------------------------------------- trained models, shared by the tests that need one
+
+def _train(cfg, run_dir: Path) -> None:
+    from mt.trainer import run
+
+    run(cfg, run_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(small_corpus, tmp_path_factory):
+    """A tiny model trained briefly on 300 Multi30k pairs: its run directory."""
+    from mt.config import OptimConfig, TrainConfig, TrainerConfig
+    from mt.data import DataConfig
+    from mt.model import ModelConfig
+    from mt.tokenizer import TokenizerConfig
+
+    run_dir = tmp_path_factory.mktemp("run")
+    _train(TrainConfig(
+        data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], test={"t": small_corpus["test"]},
+                        cache_dir=f"{run_dir}/cache", batch_tokens=1500, tokenizer=TokenizerConfig(vocab_size=300)),
+        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
+                          max_positions=64),
+        optim=OptimConfig(lr=3e-3, warmup_steps=20),
+        trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
+    ), run_dir)
+    return run_dir
+
+
+COPY_WORDS = "Hund Katze Haus Baum Auto Ball Mann Frau Kind Wasser Stadt Berg Boot Hut".split()
+
+
+def copy_sentences(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(COPY_WORDS, rng.randint(3, 7))) for _ in range(count)]  # distinct: one right link
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory):
+    """A tiny model trained to copy sentences of distinct words: its run directory and 20 unseen sentences."""
+    from mt.config import OptimConfig, TrainConfig, TrainerConfig
+    from mt.data import DataConfig
+    from mt.model import ModelConfig
+    from mt.tokenizer import TokenizerConfig
+
+    run_dir = tmp_path_factory.mktemp("copy")
+    train = copy_sentences(600, seed=0)
+    prefix = write_pair(run_dir / "data", "train", train, train)
+    _train(TrainConfig(
+        data=DataConfig(train=prefix, dev=prefix, cache_dir=f"{run_dir}/cache", batch_tokens=800,
+                        tokenizer=TokenizerConfig(vocab_size=60)),  # every word one piece
+        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
+                          dropout=0.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=50),
+        trainer=TrainerConfig(max_steps=600, eval_every=600, label_smoothing=0.0, progress=False,
+                              heatmap_sentences=0),
+    ), run_dir)
+    return run_dir, copy_sentences(20, seed=1)

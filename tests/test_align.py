@@ -79,7 +79,7 @@ def test_eval_alignment_script(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold"),
                              str(tmp_path / "pred")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("AER 0.2857  precision 0.7500  recall 0.6667")
+    assert result.stdout.startswith("alignment  AER 0.2857  precision 0.7500  recall 0.6667")
     (tmp_path / "short").write_text("0-0\n")
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold"),
                              str(tmp_path / "short")], capture_output=True, text=True)

@@ -2,41 +2,19 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, multi30k_lines, write_pair
-from mt.config import OptimConfig, TrainConfig, TrainerConfig
-from mt.data import DataConfig
-from mt.model import ModelConfig
-from mt.tokenizer import TokenizerConfig
-from mt.trainer import run
+from conftest import ROOT, multi30k_lines
 
 
 def translate_cli(*overrides, stdin=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "translate.py"), *overrides], input=stdin, env=env,
                           capture_output=True, timeout=600)
-
-
-@pytest.fixture(scope="session")
-def trained(small_corpus, tmp_path_factory):
-    """A tiny model trained briefly on 300 Multi30k pairs: its run directory."""
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
-        data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], test={"t": small_corpus["test"]},
-                        cache_dir=str(run_dir / "cache"), batch_tokens=1500, tokenizer=TokenizerConfig(vocab_size=300)),
-        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
-                          max_positions=64),
-        optim=OptimConfig(lr=3e-3, warmup_steps=20),
-        trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
-    )
-    run(cfg, run_dir)
-    return run_dir
 
 
 def test_every_input_line_gets_one_output_and_one_alignment_line(trained, tmp_path):
@@ -111,36 +89,18 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
     stderr = result.stderr.decode().strip()
     assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr
     expected = {"not_utf8": f"{tmp_path}/in.de:2: not UTF-8", "overwrite": "would overwrite the input",
-                "bad_checkpoint": "junk.pt: not a readable checkpoint", "bad_layer": "align_layer=5"}[problem]
+                "bad_checkpoint": "junk.pt: not a readable checkpoint",
+                "bad_layer": "decoder layer 5 does not exist"}[problem]
     assert expected in stderr
     assert (tmp_path / "in.de").read_bytes().startswith(b"Ein Hund.")
 
 
-WORDS = "Hund Katze Haus Baum Auto Ball Mann Frau Kind Wasser Stadt Berg Boot Hut".split()
-
-
-def copy_sentences(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.sample(WORDS, rng.randint(3, 7))) for _ in range(count)]  # distinct: one right link each
-
-
-def test_a_model_trained_to_copy_aligns_each_word_to_itself(tmp_path):
-    train = copy_sentences(600, seed=0)
-    prefix = write_pair(tmp_path / "copy", "train", train, train)
-    cfg = TrainConfig(
-        data=DataConfig(train=prefix, dev=prefix, cache_dir=str(tmp_path / "cache"), batch_tokens=800,
-                        tokenizer=TokenizerConfig(vocab_size=60)),  # every word one piece
-        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
-                          dropout=0.0),
-        optim=OptimConfig(lr=3e-3, warmup_steps=50),
-        trainer=TrainerConfig(max_steps=600, eval_every=600, label_smoothing=0.0, progress=False, heatmap_sentences=0),
-    )
-    run(cfg, tmp_path / "run")
-    test = copy_sentences(20, seed=1)
+def test_a_model_trained_to_copy_aligns_each_word_to_itself(copy_model, tmp_path):
+    run_dir, test = copy_model
     (tmp_path / "test.de").write_text("\n".join(test) + "\n")
     # Which layer aligns differs by model; on this copy model the top one is sharply diagonal (the penultimate,
     # the default, was at AER 0.03 when this was written).
-    result = translate_cli(f"checkpoint={tmp_path}/run/checkpoints/best.pt", f"input={tmp_path}/test.de",
+    result = translate_cli(f"checkpoint={run_dir}/checkpoints/best.pt", f"input={tmp_path}/test.de",
                            f"output={tmp_path}/out", f"alignments={tmp_path}/out.align", "align_layer=-1")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert (tmp_path / "out").read_text().splitlines() == test

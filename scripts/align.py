@@ -1,0 +1,23 @@
+"""Word-align given sentence pairs with a trained checkpoint (forced decoding):
+`python scripts/align.py checkpoint=CKPT source=FILE target=FILE output=FILE`; configs/align.yaml lists the keys."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra  # noqa: E402
+
+from mt import cli, config, force_align  # noqa: E402
+
+config.register()
+
+
+@hydra.main(config_path="../configs", config_name="align", version_base="1.3")
+def main(cfg) -> None:
+    with cli.one_line_errors():
+        force_align.run(cli.typed(cfg))
+
+
+if __name__ == "__main__":
+    main()
