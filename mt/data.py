@@ -184,14 +184,13 @@ class Batch:
     src: torch.Tensor  # (B, S) ids + eos, padded
     tgt_in: torch.Tensor  # (B, T) bos + ids
     tgt_out: torch.Tensor  # (B, T) ids + eos
-    indices: list[int]  # rows of the split, in batch order
 
     @property
     def target_tokens(self) -> int:
         return int(self.tgt_out.ne(PAD_ID).sum())
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
 
 
 def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
@@ -210,7 +209,6 @@ def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = N
         src=pad_rows(rows["src_ids"], [], [EOS_ID], max_len),
         tgt_in=pad_rows(rows["tgt_ids"], [BOS_ID], [], max_len),
         tgt_out=pad_rows(rows["tgt_ids"], [], [EOS_ID], max_len),
-        indices=list(indices),
     )
 
 

@@ -222,7 +222,7 @@ class Trainer:
         writer = SummaryWriter(str(self.run_dir / "tb"))
         batches = self._micro_batches()
         bar = tqdm(total=total, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
-        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "steps": 0, "start": time.perf_counter()}
+        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "start": time.perf_counter()}
         trained_tokens, trained_seconds = 0, 0.0
         stop_early = False
         self.model.train()
@@ -231,7 +231,6 @@ class Trainer:
             for key in ("loss", "nll"):
                 window[key] += float(stats[key]) * stats["tokens"]
             window["tokens"] += stats["tokens"]
-            window["steps"] += 1
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == total:
                 seconds = time.perf_counter() - window["start"]
@@ -242,7 +241,7 @@ class Trainer:
                     writer.add_scalar(f"train/{name}", value, self.step)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
                 trained_tokens, trained_seconds = trained_tokens + window["tokens"], trained_seconds + seconds
-                window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "steps": 0, "start": time.perf_counter()}
+                window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "start": time.perf_counter()}
             if self.step % t.eval_every == 0 or self.step == total:
                 bar.clear()
                 stop_early = self._eval_and_save(writer)
