@@ -1,0 +1,128 @@
+"""scripts/export_ctranslate2.py: the exported model decodes as translate.py does, token for token."""
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from conftest import ROOT, multi30k_lines
+from mt import export
+from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.files import InputError
+from mt.model import ModelConfig, Transformer
+from mt.tokenizer import BOS_ID, EOS_ID
+from mt.translate import TranslateConfig, Translator, load_translator
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+
+def export_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "export_ctranslate2.py"), *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def ct2_greedy(model_dir, pieces: list[list[str]], max_positions: int) -> list[list[str]]:
+    """Greedy decoding within our limits: a source of max_positions tokens with EOS, and an output of
+    floor(1.5 * source tokens with EOS + 10) tokens with EOS, at most max_positions - 1 (CTranslate2 counts without)."""
+    translator = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=1)
+    outputs = []
+    for source in pieces:  # one at a time: CTranslate2's length limit is per batch, ours per sentence
+        source_len = min(len(source) + 1, max_positions)
+        limit = min(math.floor(1.5 * source_len + 10), max_positions - 1) - 1
+        result = translator.translate_batch([source], beam_size=1, max_input_length=max_positions,
+                                            max_decoding_length=limit,
+                                            suppress_sequences=[["<pad>"], ["<s>"]])  # as our search does
+        outputs.append(result[0].hypotheses[0])
+    return outputs
+
+
+@pytest.mark.parametrize("run", ["trained", "copy_model"])
+def test_greedy_output_equals_translate_token_for_token(request, tmp_path, run):
+    # The briefly trained model repeats itself to the length limit; the copy model ends its outputs itself.
+    run_dir, copy_sentences = (request.getfixturevalue(run), []) if run == "trained" else request.getfixturevalue(run)
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    result = export_cli(checkpoint, tmp_path / "ct2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"model.bin", "config.json", "shared_vocabulary.json", "spm.model"} <= {
+        p.name for p in (tmp_path / "ct2").iterdir()}
+    assert (tmp_path / "ct2" / "spm.model").read_bytes() == load_checkpoint(checkpoint)["spm_model"]
+
+    lines = multi30k_lines("test_2016_flickr", "de", 20) + multi30k_lines("val", "de", 20) + copy_sentences
+    model, tokenizer = load_translator(str(checkpoint), torch.device("cpu"))
+    ours = Translator(model, tokenizer, TranslateConfig(beam_size=1, precision="fp32"), torch.device("cpu"))
+    expected = [tokenizer.pieces(hyps[0].tokens) for hyps in ours.translate(lines)]
+    source_pieces = [tokenizer.pieces(ids) for ids in tokenizer.encode(lines)]
+    assert ct2_greedy(tmp_path / "ct2", source_pieces, model.cfg.max_positions) == expected
+
+
+def _random_checkpoint(path, spm_model: bytes, vocab_size: int, pre_norm: bool, tie_embeddings: bool) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab_size, d_model=32, n_heads=4, encoder_layers=2, decoder_layers=3, ffn_dim=48,
+                      pre_norm=pre_norm, tie_embeddings=tie_embeddings, max_positions=128)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # fresh LayerNorms are the identity; make them count
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": asdict(cfg), "spm_model": spm_model})
+    return model
+
+
+@pytest.mark.parametrize("pre_norm, tie_embeddings", [(True, True), (True, False), (False, True), (False, False)])
+def test_every_layout_scores_the_same_log_probabilities(trained, tmp_path, pre_norm, tie_embeddings):
+    """Teacher-forced log-probabilities of the export equal ours for pre-/post-norm, tied and untied models."""
+    spm_model = load_checkpoint(trained / "checkpoints" / "best.pt")["spm_model"]
+    _, tokenizer = load_translator(str(trained / "checkpoints" / "best.pt"), torch.device("cpu"))
+    model = _random_checkpoint(tmp_path / "random.pt", spm_model, tokenizer.vocab_size, pre_norm, tie_embeddings)
+    export.export_ctranslate2(tmp_path / "random.pt", tmp_path / "ct2")
+
+    sources = tokenizer.encode(multi30k_lines("val", "de", 4))
+    targets = tokenizer.encode(multi30k_lines("val", "en", 4))
+    scored = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", intra_threads=1).score_batch(
+        [tokenizer.pieces(s) for s in sources], [tokenizer.pieces(t) for t in targets])
+    for source, target, theirs in zip(sources, targets, scored):
+        src = torch.tensor([source + [EOS_ID]])
+        tgt_in, tgt_out = torch.tensor([[BOS_ID] + target]), torch.tensor(target + [EOS_ID])
+        with torch.no_grad():
+            log_probs = model(src, tgt_in).logits[0].log_softmax(-1).gather(1, tgt_out[:, None]).squeeze(1)
+        assert theirs.tokens == tokenizer.pieces(target) + ["</s>"]
+        assert torch.allclose(torch.tensor(theirs.log_probs), log_probs, atol=1e-4)
+
+
+def test_int8_export_translates(trained, tmp_path):
+    result = export_cli(trained / "checkpoints" / "best.pt", tmp_path / "int8", "--quantization", "int8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (output,) = ct2_greedy(tmp_path / "int8", [["▁Ein", "▁Hund", "."]], 64)
+    assert output and "<pad>" not in output and "<s>" not in output
+
+
+@pytest.mark.parametrize("problem", ["missing_checkpoint", "bad_checkpoint", "existing_output", "not_a_model_dir"])
+def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "model.bin").write_bytes(b"")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    checkpoint = {"missing_checkpoint": tmp_path / "nope.pt", "bad_checkpoint": tmp_path / "junk.pt"}.get(
+        problem, trained / "checkpoints" / "best.pt")
+    out_dir = {"existing_output": tmp_path / "earlier", "not_a_model_dir": tmp_path / "notes"}.get(
+        problem, tmp_path / "o")
+    result = export_cli(checkpoint, out_dir, *(["--force"] if problem == "not_a_model_dir" else []))
+    assert result.returncode == 2
+    stderr = result.stderr.strip()
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr and stderr.startswith("error: ")
+    assert {"missing_checkpoint": "nope.pt: no such checkpoint", "bad_checkpoint": "junk.pt: not a readable checkpoint",
+            "existing_output": "pass --force to replace it",
+            "not_a_model_dir": "is not a CTranslate2 model"}[problem] in stderr
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+def test_without_ctranslate2_the_error_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 now raises ImportError
+    with pytest.raises(InputError, match=r"pip install '\.\[deploy\]'"):
+        export.export_ctranslate2(tmp_path / "any.pt", tmp_path / "out")
