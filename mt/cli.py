@@ -11,17 +11,25 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mt.files import InputError
+from mt.interrupt import Interrupted
 
 
 @contextlib.contextmanager
 def one_line_errors():
-    """Turn a user's mistake (InputError) into one line on stderr and exit status 2, not a traceback."""
+    """A user's mistake (InputError) becomes one line on stderr and exit status 2, not a traceback; a stop on a
+    signal, one line and the status a shell expects (130 for Ctrl-C)."""
     try:
         yield
     except InputError as e:
         logging.getLogger("mt").debug("input error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def typed(cfg: DictConfig):

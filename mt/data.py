@@ -130,6 +130,14 @@ def _hash(value) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
+def texts(split: datasets.Dataset) -> Iterator[str]:
+    """Source and target of each pair in turn, read from Arrow a block at a time (never the whole split)."""
+    for block in split.iter(batch_size=10_000):
+        for src, tgt in zip(block["src"], block["tgt"]):
+            yield src
+            yield tgt
+
+
 def corpus_fingerprint(split: datasets.Dataset) -> str:
     """Identifies a split's contents (its Arrow fingerprint follows its source and every transform)."""
     return split._fingerprint

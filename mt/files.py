@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
 class InputError(Exception):
-    """A problem with something the user gave us; its message is the one line we print."""
+    """A problem the user can fix (a file, an option, a full disk); its message is the one line we print."""
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -65,12 +68,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a file-size limit, no permission: the old file is untouched
+        raise InputError(f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> None:
+    """Delete the temporary files of writes that a killed process never finished."""
+    for partial in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
+        partial.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def train_or_load(
         log.info("SentencePiece model: reusing %s", path)
         return Tokenizer(path.read_bytes())
     log.info("SentencePiece model: training %s %d on the training split", cfg.model_type, cfg.vocab_size)
-    model = io.BytesIO()
+    model, started = io.BytesIO(), time.perf_counter()
     spm.set_random_generator_seed(cfg.seed)  # sentence sampling, so the same data gives the same model
     spm.SentencePieceTrainer.train(
         sentence_iterator=_nonempty(texts),
@@ -81,6 +82,7 @@ def train_or_load(
         minloglevel=2,
     )
     tokenizer = Tokenizer(model.getvalue())
+    log.info("SentencePiece model: trained in %.1f s", time.perf_counter() - started)
     tokenizer.save(path)
     return tokenizer
 

@@ -1,8 +1,13 @@
 """The training loop: batches -> label-smoothed loss -> optimizer and schedule; every eval_every steps the dev set
-is translated and scored, checkpoints and heatmaps written; at the end the best checkpoint is scored on the tests."""
+is translated and scored, checkpoints and heatmaps written; at the end the best checkpoint is scored on the tests.
+
+Under torchrun each process trains on its share of the batches (DistributedDataParallel averages gradients);
+rank 0 alone evaluates and writes the run directory, and tells the others whether to stop.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -12,20 +17,23 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mt import data as corpus_data
+from mt import distributed
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import OptimConfig, TrainConfig
 from mt.evaluate import Scores, score
-from mt.files import InputError
+from mt.files import InputError, remove_partial_writes, write_atomically
 from mt.hardware import autocast_for, select_device, select_precision
 from mt.heatmap import attention_figure
+from mt.interrupt import Interrupted, StopRequests
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
-from mt.tokenizer import PAD_ID, train_or_load
+from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
 from mt.translate import TranslateConfig, Translator
 
 log = logging.getLogger(__name__)
@@ -51,34 +59,47 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = select_device(cfg.trainer.device)
+        self.world, self.device = distributed.join(select_device(cfg.trainer.device))
+        if not self.world.is_main:
+            logging.getLogger("mt").setLevel(logging.WARNING)  # one log: rank 0's
         self.precision = select_precision(cfg.trainer.precision, self.device)
         self.autocast = autocast_for(self.precision, self.device)
         torch.manual_seed(cfg.trainer.seed)
+        if self.world.is_main:
+            remove_partial_writes(self.ckpt_dir)  # left by a process killed while saving
 
-        corpus = corpus_data.load_corpus(cfg.data)
-        self.tokenizer = train_or_load(
-            (text for row in corpus["train"] for text in (row["src"], row["tgt"])),
-            corpus_data.corpus_fingerprint(corpus["train"]), cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
-        self.tokenizer.save(self.run_dir / "spm.model")
-        encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train")
-                   for name, split in corpus.items()}
+        # Rank 0 reads the corpus and trains SentencePiece first, filling the caches the others then read.
+        with distributed.main_first(self.world):
+            corpus = corpus_data.load_corpus(cfg.data)
+            if self.world.is_main:
+                tokenizer = train_or_load(
+                    corpus_data.texts(corpus["train"]), corpus_data.corpus_fingerprint(corpus["train"]),
+                    cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
+                tokenizer.save(self.run_dir / "spm.model")
+        self.tokenizer = Tokenizer(distributed.from_main(self.world, tokenizer.model_bytes if self.world.is_main
+                                                         else None))
+        with distributed.main_first(self.world):
+            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train")
+                       for name, split in corpus.items()}
         # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
         self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
         self.train_split = corpus_data.filter_pairs(encoded.pop("train"), self.max_len, cfg.data.max_len_ratio)
         self.dev_split = encoded.pop("dev")
         self.test_splits = encoded
         self.batches = corpus_data.TokenBatches.for_split(
-            self.train_split, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed)
+            self.train_split, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed,
+            rank=self.world.rank, world_size=self.world.size)
 
         self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=PAD_ID)
         self.model = Transformer(self.model_cfg).to(self.device)
+        self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
         self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.stale_evals = -1.0, 0
-        log.info("model: %s, %.1fM parameters; device %s, precision %s", self.model_cfg,
-                 sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision)
+        log.info("model: %s, %.1fM parameters; device %s, precision %s%s", self.model_cfg,
+                 sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision,
+                 f", {self.world.size} processes" if self.world.active else "")
 
     # ------------------------------------------------------------ checkpoints
 
@@ -97,12 +118,22 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
+    def _save(self, improved: bool, dev: Scores | None = None) -> None:
+        content = self._checkpoint_content()
+        # best.pt before last.pt: a crash between the two leaves last.pt older, and resuming from it redoes
+        # this evaluation and writes best.pt again. The other order could leave a best.pt that resume never fixes.
+        if improved:
+            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "dev": dataclasses.asdict(dev)})
+        save_checkpoint(self.ckpt_dir / "last.pt", content)
+
     def resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
-        if not path.exists():
+        # Rank 0 reads the checkpoint and sends it: other nodes need no shared file system.
+        state = distributed.from_main(self.world, load_checkpoint(path) if self.world.is_main and path.exists()
+                                      else None)
+        if state is None:
             log.info("trainer.resume: no %s yet, starting from scratch", path)
             return
-        state = load_checkpoint(path)
         if state["model_config"] != dataclasses.asdict(self.model_cfg):
             raise InputError(f"{path}: its model settings differ from this run's ({state['model_config']}); "
                              "resume with the same model.* and data.tokenizer.* settings")
@@ -133,15 +164,23 @@ class Trainer:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
-        """One optimizer step over `batches`; the loss is normalized by all their target tokens together."""
+        """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
+        together, so N processes equal one process accumulating N times as many batches."""
         tokens = sum(b.target_tokens for b in batches)
+        all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0]
         total_loss = total_nll = 0.0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch = batch.to(self.device)
-            with self.autocast():
-                logits = self.model(batch.src, batch.tgt_in).logits
-            loss, nll = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.trainer.label_smoothing, PAD_ID)
-            self.scaler.scale(loss / tokens).backward()
+            # Gradients are exchanged once, with the last batch's backward.
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last or not self.world.active else self.replicas.no_sync():
+                with self.autocast():
+                    logits = self.replicas(batch.src, batch.tgt_in).logits
+                loss, nll = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
+                                                         PAD_ID)
+                # DDP divides the summed gradients by the world size; multiplying by it here keeps the step
+                # the gradient of (all ranks' loss) / (all ranks' tokens). Both are powers of two in tests: exact.
+                self.scaler.scale(loss / all_tokens * self.world.size).backward()
             total_loss, total_nll = total_loss + loss.detach(), total_nll + nll.detach()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.trainer.clip_norm
@@ -152,7 +191,7 @@ class Trainer:
         lr = self.schedule.get_last_lr()[0]
         self.schedule.step()
         self.step += 1
-        return {"loss": total_loss / tokens, "nll": total_nll / tokens, "grad_norm": grad_norm, "lr": lr,
+        return {"loss_sum": float(total_loss), "nll_sum": float(total_nll), "grad_norm": float(grad_norm), "lr": lr,
                 "tokens": tokens}
 
     # ------------------------------------------------------------ evaluation
@@ -185,8 +224,12 @@ class Trainer:
             writer.add_figure(f"attention/dev_{i}", fig, self.step)
         self.model.train()
 
-    def _eval_and_save(self, writer: SummaryWriter) -> bool:
-        """Evaluate on dev, write checkpoints; True if training should stop early."""
+    def _eval_and_save(self, writer: SummaryWriter | None) -> bool:
+        """Evaluate on dev and write checkpoints (rank 0); True on every rank if training should stop early."""
+        stop = self._eval_and_save_main(writer) if self.world.is_main else None
+        return distributed.from_main(self.world, stop)
+
+    def _eval_and_save_main(self, writer: SummaryWriter) -> bool:
         dev = self.evaluate(self.dev_split)
         log.info("step %d dev %s", self.step, dev)
         writer.add_scalar("dev/bleu", dev.bleu, self.step)
@@ -194,10 +237,7 @@ class Trainer:
         self.draw_heatmaps(writer)
         improved = dev.bleu > self.best_bleu
         self.best_bleu, self.stale_evals = (dev.bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
-        content = self._checkpoint_content()
-        if improved:
-            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "dev": dataclasses.asdict(dev)})
-        save_checkpoint(self.ckpt_dir / "last.pt", content)
+        self._save(improved, dev)
         writer.flush()
         patience = self.cfg.trainer.patience
         return patience > 0 and self.stale_evals >= patience
@@ -217,47 +257,67 @@ class Trainer:
         return min(limits)
 
     def train(self) -> dict:
+        """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
         total = self._total_steps()
-        writer = SummaryWriter(str(self.run_dir / "tb"))
+        if self.world.active:
+            # broadcast_buffers=False: the only buffer is the fixed position table.
+            self.replicas = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
+        writer = SummaryWriter(str(self.run_dir / "tb")) if self.world.is_main else None
         batches = self._micro_batches()
-        bar = tqdm(total=total, initial=self.step, disable=not t.progress, unit="step", dynamic_ncols=True)
-        window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "start": time.perf_counter()}
+        bar = tqdm(total=total, initial=self.step, disable=not (t.progress and self.world.is_main), unit="step",
+                   dynamic_ncols=True)
+        window = {"loss_sum": 0.0, "nll_sum": 0.0, "tokens": 0, "start": time.perf_counter()}
         trained_tokens, trained_seconds = 0, 0.0
         stop_early = False
         self.model.train()
-        while self.step < total and not stop_early:
-            stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
-            for key in ("loss", "nll"):
-                window[key] += float(stats[key]) * stats["tokens"]
-            window["tokens"] += stats["tokens"]
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == total:
-                seconds = time.perf_counter() - window["start"]
-                loss, nll = window["loss"] / window["tokens"], window["nll"] / window["tokens"]
-                speed = window["tokens"] / seconds
-                for name, value in (("loss", loss), ("ppl", math.exp(min(nll, 50))), ("lr", stats["lr"]),
-                                    ("grad_norm", float(stats["grad_norm"])), ("tokens_per_s", speed)):
-                    writer.add_scalar(f"train/{name}", value, self.step)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
-                trained_tokens, trained_seconds = trained_tokens + window["tokens"], trained_seconds + seconds
-                window = {"loss": 0.0, "nll": 0.0, "tokens": 0, "start": time.perf_counter()}
-            if self.step % t.eval_every == 0 or self.step == total:
-                bar.clear()
-                stop_early = self._eval_and_save(writer)
-                if stop_early:
-                    log.info("no dev BLEU gain in %d evaluations: stopping early at step %d", t.patience, self.step)
-                window["start"] = time.perf_counter()  # evaluation time is not training speed
+        with StopRequests() as stop:
+            while self.step < total and not stop_early:
+                stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
+                for key in ("loss_sum", "nll_sum", "tokens"):
+                    window[key] += stats[key]
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == total:
+                    seconds = time.perf_counter() - window["start"]
+                    loss_sum, nll_sum, tokens = distributed.sum_over_ranks(
+                        self.world, [window["loss_sum"], window["nll_sum"], window["tokens"]], self.device)
+                    loss, nll, speed = loss_sum / tokens, nll_sum / tokens, tokens / seconds
+                    if writer is not None:
+                        for name, value in (("loss", loss), ("ppl", math.exp(min(nll, 50))), ("lr", stats["lr"]),
+                                            ("grad_norm", stats["grad_norm"]), ("tokens_per_s", speed)):
+                            writer.add_scalar(f"train/{name}", value, self.step)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
+                    trained_tokens, trained_seconds = trained_tokens + tokens, trained_seconds + seconds
+                    window = {"loss_sum": 0.0, "nll_sum": 0.0, "tokens": 0, "start": time.perf_counter()}
+                if self.step % t.eval_every == 0 or self.step == total:
+                    bar.clear()
+                    stop_early = self._eval_and_save(writer)
+                    if stop_early:
+                        log.info("no dev BLEU gain in %d evaluations: stopping early at step %d", t.patience, self.step)
+                    window["start"] = time.perf_counter()  # evaluation time is not training speed
+                if distributed.any_rank(self.world, stop.signum is not None, self.device):
+                    self._stop_on_signal(stop.signum, bar, writer)
         bar.close()
-        results = self.final_scores(writer, trained_tokens / max(trained_seconds, 1e-9))
-        writer.close()
+        results = self.final_scores(writer, trained_tokens / max(trained_seconds, 1e-9)) if self.world.is_main else {}
+        if writer is not None:
+            writer.close()
         return results
+
+    def _stop_on_signal(self, signum: int | None, bar: tqdm, writer: SummaryWriter | None) -> None:
+        bar.close()
+        if self.world.is_main:
+            self._save(improved=False)
+            writer.close()
+        raise Interrupted(f"stopped at step {self.step}: saved {self.ckpt_dir / 'last.pt'}; continue with "
+                          "trainer.resume=true (and the same hydra.run.dir)", signum or 15)
 
     def final_scores(self, writer: SummaryWriter, tokens_per_s: float) -> dict:
         best = load_checkpoint(self.ckpt_dir / "best.pt", self.device)
         self.model.load_state_dict(best["model"])
         results = {
             "best_step": best["step"], "steps": self.step, "precision": self.precision,
+            "processes": self.world.size,
             "decoding": {"beam_size": 1, "max_len_a": self.cfg.trainer.max_len_a,
                          "max_len_b": self.cfg.trainer.max_len_b, "batch_tokens": self.cfg.trainer.eval_batch_tokens},
             "train_target_tokens_per_s": round(tokens_per_s, 1),
@@ -268,16 +328,25 @@ class Trainer:
             log.info("test %s (best checkpoint, step %d): %s", name, best["step"], scores)
             writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])
             results["test"][name] = dataclasses.asdict(scores)
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         return results
 
 
+def write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
 def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
-    """Train as configured, writing everything into run_dir; returns what results.json holds."""
+    """Train as configured, writing everything into run_dir; returns what results.json holds ({} off rank 0)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    trainer = Trainer(cfg, run_dir)
-    if cfg.trainer.resume:
-        trainer.resume()
-    return trainer.train()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, run_dir)
+        if trainer.world.is_main:
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        if cfg.trainer.resume:
+            trainer.resume()
+        return trainer.train()
+    finally:
+        if trainer is not None:
+            distributed.leave(trainer.world)

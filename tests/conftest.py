@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 import gzip  # noqa: E402
 import random  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -43,6 +44,23 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
         "test": write_pair(folder, "test", multi30k_lines("test_2016_flickr", "de", 10),
                            multi30k_lines("test_2016_flickr", "en", 10)),
     }
+
+
+# ---------------------------------------------------------------- train.py as a user runs it
+
+TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
+        "trainer.log_every=4", "trainer.progress=false"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
+
+
+def train_cli(*overrides, cwd=ROOT, **popen):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=ONE_THREAD,
+                          capture_output=True, text=True, timeout=600, **popen)
+
+
+def corpus_overrides(corpus, tmp_path):
+    return [f"data.train={corpus['train']}", f"data.dev={corpus['dev']}", f"+data.test.flickr={corpus['test']}",
+            f"data.cache_dir={tmp_path / 'cache'}"]
 
 
 # ---------------------------------------------------------------- trained models, shared by the tests that need one

@@ -1,36 +1,18 @@
 """Training end to end on real (small) Multi30k files: the CLI, the run directory, resume, and learning."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, multi30k_lines, write_pair
+from conftest import TINY, corpus_overrides, multi30k_lines, train_cli, write_pair
 from mt.checkpoint import load_checkpoint
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer, TokenizerConfig
 from mt.trainer import run
-
-TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
-        "trainer.log_every=4", "trainer.progress=false"]
-
-
-def train_cli(*overrides, cwd=ROOT):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def corpus_overrides(corpus, tmp_path):
-    return [f"data.train={corpus['train']}", f"data.dev={corpus['dev']}", f"+data.test.flickr={corpus['test']}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
-
 
 def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_corpus, tmp_path):
     run_dir = tmp_path / "run"

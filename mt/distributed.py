@@ -1,0 +1,84 @@
+"""Data-parallel training under torchrun: which process this is, and the few collectives the trainer needs.
+
+torchrun (or any launcher that sets RANK, LOCAL_RANK and WORLD_SIZE) starts one process per device; without it
+there is one process and every function here is a no-op. Gradients are averaged by DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def join(device: torch.device) -> tuple[World, torch.device]:
+    """Join torchrun's process group when launched by it; returns the world and this process's device."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), device
+    world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), size)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return world, device
+
+
+def leave(world: World) -> None:
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_over_ranks(world: World, values: list[float], device: torch.device) -> list[float]:
+    if not world.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def any_rank(world: World, flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any: ranks must take the same branch or collectives hang."""
+    if not world.active:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def from_main(world: World, value):
+    """Rank 0's `value` on every rank (any picklable object: these are our own processes)."""
+    if not world.active:
+        return value
+    box = [value if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_first(world: World):
+    """Rank 0 runs the block first (filling shared caches); the others run it after."""
+    if world.active and not world.is_main:
+        dist.barrier()
+    yield
+    if world.active and world.is_main:
+        dist.barrier()

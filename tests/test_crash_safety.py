@@ -1,0 +1,190 @@
+"""Training killed at any moment resumes with nothing lost; Ctrl-C saves; a full disk never costs a checkpoint.
+
+Real train.py processes on real (small) Multi30k files, killed with real signals.
+"""
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
+from mt.checkpoint import load_checkpoint
+
+STEPS = 24
+RUN = [*TINY, "trainer.eval_every=3", "trainer.heatmap_sentences=0", f"trainer.max_steps={STEPS}"]
+
+
+def start(run_dir, corpus, tmp_path, *extra):
+    """train.py with resume on (a fresh run directory simply starts from scratch), its log in run_dir/out.N."""
+    run_dir.mkdir(exist_ok=True)
+    launch = len(list(run_dir.glob("out.*")))
+    log = open(run_dir / f"out.{launch}", "w")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *RUN, *corpus_overrides(corpus, tmp_path), "trainer.resume=true",
+         f"hydra.run.dir={run_dir}", *extra],
+        cwd=ROOT, env=ONE_THREAD, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return process, run_dir / f"out.{launch}"
+
+
+def wait_for_training(process, out, timeout=120):
+    """Wait until the model is built (the log says so): the steps begin."""
+    deadline = time.monotonic() + timeout
+    while "] - model: " not in out.read_text():
+        assert process.poll() is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, "train.py did not start training"
+        time.sleep(0.05)
+
+
+def final_weights(run_dir):
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == STEPS
+    return state["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def assert_checkpoints_readable(run_dir):
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        load_checkpoint(path)  # raises on a truncated file
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_corpus, tmp_path_factory):
+    """The reference run, and how long its training part took (from 'model:' to exit)."""
+    tmp_path = tmp_path_factory.mktemp("whole")
+    process, out = start(tmp_path / "run", small_corpus, tmp_path)
+    wait_for_training(process, out)
+    began = time.monotonic()
+    assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
+    return final_weights(tmp_path / "run"), time.monotonic() - began
+
+
+def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_weights(uninterrupted, small_corpus, tmp_path):
+    reference, duration = uninterrupted
+    run_dir, rng = tmp_path / "run", random.Random(7)
+    kills = []
+    while len(kills) < 3:
+        assert len(kills) + 3 > len(list(run_dir.glob("out.*"))), "the runs ended before they could be killed"
+        process, out = start(run_dir, small_corpus, tmp_path)
+        wait_for_training(process, out)
+        time.sleep(rng.uniform(0.0, duration))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            writing = any(run_dir.glob("checkpoints/.*.partial"))
+            kills.append("while saving" if writing else "between saves")
+        assert_checkpoints_readable(run_dir)
+    # One more, the moment a checkpoint is being written (if the poll catches one in the act).
+    process, out = start(run_dir, small_corpus, tmp_path)
+    while process.poll() is None and not any(run_dir.glob("checkpoints/.*.partial")):
+        time.sleep(0.001)
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills.append("while saving (aimed)")
+    assert_checkpoints_readable(run_dir)
+
+    process, out = start(run_dir, small_corpus, tmp_path)
+    assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
+    print("kill points:", kills)
+    assert not list(run_dir.glob("checkpoints/.*.partial"))  # the resumed run cleared what the kills left
+    assert_same_weights(final_weights(run_dir), reference)
+    assert (run_dir / "results.json").is_file()
+
+
+def test_ctrl_c_saves_last_pt_exits_130_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
+        uninterrupted, small_corpus, tmp_path):
+    reference, duration = uninterrupted
+    run_dir = tmp_path / "run"
+    process, out = start(run_dir, small_corpus, tmp_path)
+    wait_for_training(process, out)
+    time.sleep(duration / 3)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    last_line = out.read_text().strip().splitlines()[-1]
+    assert last_line.startswith("stopped at step ") and "trainer.resume=true" in last_line, last_line
+    stopped_at = int(last_line.split()[3].rstrip(":"))
+    assert 0 < stopped_at < STEPS and load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped_at
+    assert "Traceback" not in out.read_text()
+
+    process, out = start(run_dir, small_corpus, tmp_path)
+    assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/last.pt at step {stopped_at}" in out.read_text()
+    assert_same_weights(final_weights(run_dir), reference)
+
+
+def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    first = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=3",
+                      f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    limit = len(before) - 1  # the next checkpoint cannot fit; logs and the cached data still can
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=6", "trainer.resume=true",
+                     f"hydra.run.dir={run_dir}", preexec_fn=small_disk)
+    assert full.returncode == 2, full.stderr[-3000:]
+    line = full.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert line.startswith(f"error: {run_dir}/checkpoints/") and "could not write it (File too large)" in line
+    assert last.read_bytes() == before and load_checkpoint(last)["step"] == 3
+    assert not list(run_dir.glob("checkpoints/.*.partial"))
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("model.ffn_dim=96", "its model settings differ from this run's"),
+    ("data.tokenizer.model_type=bpe", "differ"),
+])
+def test_resuming_with_other_model_or_vocabulary_settings_is_refused_in_one_line(change, expected, small_corpus,
+                                                                                 tmp_path):
+    run_dir = tmp_path / "run"
+    first = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=3",
+                      f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    again = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=6", "trainer.resume=true",
+                      change, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2
+    line = again.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"error: {run_dir}/checkpoints/last.pt: ")
+    assert expected in line and "resume with the same" in line
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_training_data_empty_after_filtering_is_one_line(small_corpus, tmp_path):
+    result = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "data.max_len=2",
+                       f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert line.startswith("error: no training pairs are left after filtering (of 300)") and "data.max_len=2" in line
+
+
+def test_stale_partial_files_from_a_killed_save_are_removed_on_start(small_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    stale = run_dir / "checkpoints" / ".last.pt.12345.partial"
+    stale.write_bytes(b"half a checkpoint")
+    shutil.copy(__file__, run_dir / "checkpoints" / "notes.txt")  # not ours to delete
+    result = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=1", "trainer.eval_every=1",
+                       f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not stale.exists() and (run_dir / "checkpoints" / "notes.txt").exists()
+    assert os.path.isfile(run_dir / "checkpoints" / "last.pt")
