@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,deploy]'
 	touch $@
 
+# tcmalloc where the system has it (Debian/Ubuntu: apt install libtcmalloc-minimal4): glibc's malloc keeps the
+# memory that batches of changing shapes free, and a run's memory grows by gigabytes (README, memory).
+TCMALLOC ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+	/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+
 train: $(VENV)/.installed
-	$(PY) train.py $(ARGS)
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) )$(PY) train.py $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(ARGS)

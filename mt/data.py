@@ -168,10 +168,14 @@ def encode(split: datasets.Dataset, tokenizer: Tokenizer, keep_text: bool) -> da
     )
 
 
+def column(split: datasets.Dataset, name: str) -> np.ndarray:
+    """A numeric column as one array, straight from Arrow (the numpy format took 30 s a column per million rows)."""
+    return split.with_format("arrow")[name].to_numpy()
+
+
 def filter_pairs(split: datasets.Dataset, max_len: int, max_ratio: float) -> datasets.Dataset:
     """Drop pairs with an empty side, a side over max_len tokens, or a length ratio over max_ratio; log counts."""
-    src_len = np.asarray(split.with_format("numpy")["src_len"])
-    tgt_len = np.asarray(split.with_format("numpy")["tgt_len"])
+    src_len, tgt_len = column(split, "src_len"), column(split, "tgt_len")
     empty = (src_len <= 1) | (tgt_len <= 1)
     too_long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
     ratio = np.maximum(src_len, tgt_len) / np.maximum(np.minimum(src_len, tgt_len), 1)
@@ -236,8 +240,7 @@ class TokenBatches:
     @classmethod
     def for_split(cls, split: datasets.Dataset, max_tokens: int, shuffle: bool, seed: int = 0,
                   **shard) -> "TokenBatches":
-        columns = split.with_format("numpy")
-        return cls(columns["src_len"], columns["tgt_len"], max_tokens, shuffle, seed, **shard)
+        return cls(column(split, "src_len"), column(split, "tgt_len"), max_tokens, shuffle, seed, **shard)
 
     def epoch(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])

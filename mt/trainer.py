@@ -27,7 +27,8 @@ from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import OptimConfig, TrainConfig
 from mt.evaluate import Scores, score
 from mt.files import InputError, remove_partial_writes, write_atomically
-from mt.hardware import autocast_for, select_device, select_precision
+from mt.hardware import (autocast_for, peak_memory_mb, release_free_memory, resident_memory_mb, select_device,
+                         select_precision)
 from mt.heatmap import attention_figure
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import label_smoothed_cross_entropy
@@ -97,9 +98,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.stale_evals = -1.0, 0
-        log.info("model: %s, %.1fM parameters; device %s, precision %s%s", self.model_cfg,
+        log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
                  sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision,
-                 f", {self.world.size} processes" if self.world.active else "")
+                 f", {self.world.size} processes" if self.world.active else "", peak_memory_mb())
 
     # ------------------------------------------------------------ checkpoints
 
@@ -285,10 +286,12 @@ class Trainer:
                     loss, nll, speed = loss_sum / tokens, nll_sum / tokens, tokens / seconds
                     if writer is not None:
                         for name, value in (("loss", loss), ("ppl", math.exp(min(nll, 50))), ("lr", stats["lr"]),
-                                            ("grad_norm", stats["grad_norm"]), ("tokens_per_s", speed)):
+                                            ("grad_norm", stats["grad_norm"]), ("tokens_per_s", speed),
+                                            ("memory_mb", resident_memory_mb())):
                             writer.add_scalar(f"train/{name}", value, self.step)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
                     trained_tokens, trained_seconds = trained_tokens + tokens, trained_seconds + seconds
+                    release_free_memory()
                     window = {"loss_sum": 0.0, "nll_sum": 0.0, "tokens": 0, "start": time.perf_counter()}
                 if self.step % t.eval_every == 0 or self.step == total:
                     bar.clear()

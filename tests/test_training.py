@@ -32,7 +32,7 @@ def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_co
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s",
+    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/memory_mb",
             "dev/bleu", "dev/chrf", "test/flickr/bleu"} <= scalars
     assert [e.step for e in events.Scalars("dev/bleu")] == [6, 12]
     assert {"attention/dev_0", "attention/dev_1", "attention/dev_2"} <= set(events.Tags()["images"])
