@@ -28,6 +28,13 @@ class KVCache:
     key: Tensor | None = None  # (batch, heads, length, head_dim)
     value: Tensor | None = None
 
+    def append(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Self-attention: add this step's keys/values (batch, heads, new steps, head_dim); returns all so far."""
+        if self.key is not None:
+            key, value = torch.cat([self.key, key], dim=2), torch.cat([self.value, value], dim=2)
+        self.key, self.value = key, value
+        return key, value
+
     def reorder(self, index: Tensor) -> None:
         """Keep only the batch rows in `index`, in that order (beam search pruning)."""
         if self.key is not None:
@@ -57,11 +64,11 @@ class MultiHeadAttention(nn.Module):
             return cache.key, cache.value
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
-        if cache is not None:
-            if cache.key is not None:  # self-attention: append this step
-                k = torch.cat([cache.key, k], dim=2)
-                v = torch.cat([cache.value, v], dim=2)
+        if cache is not None and cache.static:  # contiguous once, not copied again by each step's matmul
+            k, v = k.contiguous(), v.contiguous()
             cache.key, cache.value = k, v
+        elif cache is not None:
+            k, v = cache.append(k, v)
         return k, v
 
     def forward(
@@ -77,10 +84,18 @@ class MultiHeadAttention(nn.Module):
         """query (B, T, D), key/value (B, S, D), key_padding_mask (B, S) True at padding.
 
         With `causal`, query i (counted after any cached steps) sees keys 0..i only.
+        Key/value (and the mask) may instead have B / g rows, each shared by g consecutive query rows (the
+        beams of one sentence in beam search): each group's queries then attend together as g * T queries.
         Returns the output (B, T, D) and, if `need_weights`, the weights (B, H, T, S_total).
         """
+        batch, length, _ = query.shape
         q = self._split_heads(self.q_proj(query))
         k, v = self._keys_values(key, value, cache)
+        group = batch // k.size(0)
+        if group * k.size(0) != batch or (group > 1 and causal):
+            raise ValueError(f"{batch} query rows cannot share {k.size(0)} key rows" + " causally" * causal)
+        if group > 1:  # (B, H, T, hd) -> (B / g, H, g * T, hd)
+            q = q.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)
         mask = _blocked_positions(key_padding_mask, causal, q.size(2), k.size(2), q.device)
         dropout = self.dropout if self.training else 0.0
 
@@ -97,9 +112,11 @@ class MultiHeadAttention(nn.Module):
                 is_causal=fused_causal,
             )
             weights = None
+        if need_weights and group > 1:
+            weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         weights = weights if need_weights else None
-        batch, _, length, _ = out.shape
-        out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)
+        # (B / g, H, g * T, hd) -> (B, T, H * hd)
+        out = out.unflatten(2, (group, length)).permute(0, 2, 3, 1, 4).reshape(batch, length, -1)
         return self.out_proj(out), weights
 
 

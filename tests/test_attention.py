@@ -114,6 +114,46 @@ def test_cache_reorder_selects_batch_rows():
     assert cache.key.flatten().tolist() == [2.0, 2.0, 0.0]
 
 
+def test_reorder_then_append_equals_gathering_then_concatenating():
+    torch.manual_seed(3)
+    steps = [torch.randn(4, 2, 1, 3) for _ in range(4)]
+    cache = KVCache()
+    for step in steps[:3]:
+        cache.append(step, -step)
+    index = torch.tensor([3, 0, 0])  # fewer rows, one twice
+    expected = torch.cat(steps[:3], dim=2)[index]
+    cache.reorder(index)
+    assert torch.equal(cache.key, expected) and torch.equal(cache.value, -expected)
+    cache.append(steps[3][:3], -steps[3][:3])
+    expected = torch.cat([expected, steps[3][:3]], dim=2)
+    assert torch.equal(cache.key, expected) and torch.equal(cache.value, -expected)
+    cache.reorder(torch.tensor([1, 2]))
+    cache.reorder(torch.tensor([1]))  # twice before the next step
+    assert torch.equal(cache.key, expected[[2]])
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_queries_sharing_key_rows_equal_queries_with_their_own_copies(need_weights):
+    torch.manual_seed(4)
+    attn = MultiHeadAttention(12, 3).eval()
+    group, memory = 3, torch.randn(2, 5, 12)
+    memory_pad = torch.tensor([[False, False, False, True, True], [False] * 5])
+    query = torch.randn(2 * group, 2, 12)  # rows 0-2 read memory row 0, rows 3-5 row 1
+    copied, copied_w = attn(query, memory.repeat_interleave(group, 0), memory.repeat_interleave(group, 0),
+                            key_padding_mask=memory_pad.repeat_interleave(group, 0), need_weights=True)
+    cache = KVCache(static=True)
+    for _ in range(2):  # projecting the memory, then from the cache
+        shared, shared_w = attn(query, memory, memory, key_padding_mask=memory_pad, cache=cache,
+                                need_weights=need_weights)
+        torch.testing.assert_close(shared, copied, atol=1e-6, rtol=1e-5)
+        if need_weights:
+            torch.testing.assert_close(shared_w, copied_w, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError):
+        attn(query, memory, memory, causal=True)
+    with pytest.raises(ValueError):
+        attn(query[:4], memory[:1].expand(3, -1, -1), memory[:1].expand(3, -1, -1))
+
+
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_gradcheck_in_float64(need_weights):
     torch.manual_seed(2)
