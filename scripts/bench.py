@@ -131,7 +131,8 @@ def decoding_batches(args, tokenizer: Tokenizer) -> tuple[list[list[list[int]]],
 
 class TorchReference(nn.Module):
     """Our model's twin from torch.nn.Transformer: same dimensions, embeddings (scaled by sqrt(d), plus the same
-    sinusoidal positions), tied output, dropout and final norms; torch's own layers and attention."""
+    sinusoidal positions), tied output and dropout rate; torch's own layers and attention (which also drop out
+    inside the feed-forward, and end each stack in a norm, post-norm too)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -231,6 +232,7 @@ class Decoder:
         outputs = []
         if self.translator is not None:
             for pieces, max_length in zip(self.pieces, self.max_lengths):
+                # Its length penalty divides by length ** alpha (ours: GNMT's): a few outputs differ.
                 results = self.translator.translate_batch(pieces, beam_size=BEAM, length_penalty=ALPHA,
                                                           max_decoding_length=max_length)
                 outputs += [[self.tokenizer.sp.piece_to_id(p) for p in r.hypotheses[0] if p != "</s>"]
@@ -356,7 +358,8 @@ def main() -> None:
     cfg = model_config(args, tokenizer)
     batches = training_batches(args, tokenizer, cfg)
     tokens = sum(b.target_tokens for b in batches)
-    print(f"device {device} ({torch.get_num_threads()} threads), precision auto = {low}; model d={cfg.d_model} "
+    threads = torch.get_num_threads()
+    print(f"device {device} ({threads} thread{'s' * (threads > 1)}), precision auto = {low}; model d={cfg.d_model} "
           f"heads={cfg.n_heads} layers={cfg.encoder_layers}+{cfg.decoder_layers} ffn={cfg.ffn_dim} "
           f"vocab={cfg.vocab_size} {'pre' if cfg.pre_norm else 'post'}-norm; medians of {args.reps} interleaved "
           f"repetitions after a warm-up")
@@ -436,7 +439,7 @@ def main() -> None:
 
     ct2 = decode_rate.get("ctranslate2 fp32")
     print(json.dumps({
-        "device": str(device), "threads": torch.get_num_threads(), "load_average_at_start": load,
+        "device": str(device), "threads": threads, "load_average_at_start": load,
         "precision_auto": low, "quick": args.quick,
         "reps": args.reps, "model": dataclasses.asdict(cfg), "decoding_model": decoding_model,
         "train_target_tokens_per_s": {name: round(rate, 1) for name, rate in train_rate.items()},
