@@ -184,8 +184,10 @@ class Transformer(nn.Module):
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor, need_attention: bool = False,
-        state: DecoderState | None = None,
+        state: DecoderState | None = None, last_position_only: bool = False,
     ) -> DecoderOutput:
+        """Logits for every target position, or with `last_position_only` for the last (all a search uses: the
+        output layer is the widest of the step)."""
         start = state.step if state is not None else 0
         x = self._embed(self.tgt_embed, tgt_in, start)
         attention = []
@@ -196,6 +198,8 @@ class Transformer(nn.Module):
                 attention.append(weights)
         if state is not None:
             state.step += tgt_in.size(1)
+        if last_position_only:
+            x = x[:, -1:]
         return DecoderOutput(self.output(self.decoder_norm(x)), attention)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False) -> DecoderOutput:

@@ -103,7 +103,7 @@ def beam_search(
         if use_cache:
             logits = model.decode_step(history[:, -1:], state).logits[:, -1]
         else:
-            logits = model.decode(history, state.memory, state.src_pad).logits[:, -1]
+            logits = model.decode(history, state.memory, state.src_pad, last_position_only=True).logits[:, -1]
         sentences, beams = scores.shape
         at_limit = max_len[active] <= step + 1  # out of room: these sentences may only end
 
