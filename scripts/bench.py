@@ -4,8 +4,11 @@ Training: target tokens/s of one step (forward, loss, backward, Adam) of our Tra
 built from torch.nn.Transformer, both in float32, and of ours in bf16 autocast where the hardware has bf16.
 Decoding: beam-5 sentences/s of our beam search with the key/value cache, without it, and of CTranslate2 in
 float32 running an exported copy of the same weights (when ctranslate2 and mt/export.py are there).
-Repetitions are interleaved (A, B, C, A, B, C, ...) after a warm-up, and medians are reported. Peak memory is
-measured per contestant in a fresh process (on CPU its peak RSS; on CUDA torch's peak allocation).
+Each contestant runs in a process of its own, set up once; repetitions are interleaved (A, B, C, A, B, C, ...)
+after a warm-up, one process working at a time, and medians are reported. Separate processes keep them from
+slowing each other: with a CTranslate2 translator alive in the same process, our decoding ran 25-30% slower, and
+after the no-cache search had run, 10-20% slower. The peak memory of each is its process's (on CPU its peak RSS;
+on CUDA torch's peak allocation).
 
     python scripts/bench.py [--quick] [--device auto|cpu|cuda] [--model tiny|small|base] [--checkpoint CKPT]
 
@@ -25,6 +28,7 @@ import itertools
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,8 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sentences", type=int, help="test_2016 sentences to decode (default 1000, --quick 100)")
     p.add_argument("--train-steps", type=int, help="without --checkpoint: steps to train the decoding model "
                    "(default 300, --quick none beyond the timed ones)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    p.add_argument("--measure-memory", help=argparse.SUPPRESS)  # internal: one contestant, in a child process
+    p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: be one contestant, in a child process
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = dict(reps=(3, 5), train_batches=(2, 8), batch_tokens=(2048, 4096), sentences=(100, 1000),
@@ -209,6 +212,8 @@ class Decoder:
         content = load_checkpoint(checkpoint)
         self.tokenizer = Tokenizer(content["spm_model"])
         cfg = ModelConfig(**content["model_config"])
+        longest = cfg.max_positions - 1  # translate.py's cut: the model's positions, EOS included
+        batches = [[row[:longest] for row in b] for b in batches]
         self.sources = [pad_rows(b, [], [EOS_ID]).to(device) for b in batches]
         if ctranslate2_dir is None:
             self.model = Transformer(cfg)
@@ -255,15 +260,98 @@ def timed(run, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def race(contestants: list, reps: int, device: torch.device) -> tuple[dict[str, float], dict[str, object]]:
-    """Median seconds per contestant over `reps` interleaved repetitions, after one warm-up each; and each one's
-    result of its warm-up."""
-    results = {c.name: c.run() for c in contestants}
+class Contestant:
+    """A contestant's own process (this script with --serve): it sets up, then runs one timed pass per request."""
+
+    def __init__(self, key: str, workdir: Path):
+        self.key, self.name = key, key.split(":", 1)[1]
+        self.log = workdir / f"{key.replace(':', '_').replace(' ', '_')}.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, __file__, *sys.argv[1:], "--serve", key, "--workdir", str(workdir)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        self.set_up_memory = self.peak_memory = self._answer()["memory"]
+
+    def run(self) -> dict:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        self.peak_memory = answer["memory"]
+        return answer
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(ANSWER):
+                return json.loads(line[len(ANSWER):])
+        self.process.wait()
+        sys.exit(f"bench: the {self.key} process failed (exit {self.process.returncode}):\n"
+                 + self.log.read_text()[-3000:])
+
+
+ANSWER = "BENCH "  # marks the lines a contestant's process answers with (libraries may print too)
+
+
+def serve(args) -> None:
+    """In a child process: set up one contestant, then for each "run" on stdin time one pass and answer on
+    stdout with its seconds, its result and the process's peak memory so far."""
+    kind, name = args.serve.split(":", 1)
+    device = select_device(args.device)
+    spec = json.loads(Path(args.workdir, "contestants.json").read_text())[args.serve]
+    if kind == "train":
+        tokenizer = bench_tokenizer(args)
+        cfg = model_config(args, tokenizer)
+        contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"])
+    else:
+        tokenizer = Tokenizer(load_checkpoint(spec["checkpoint"])["spm_model"])
+        contestant = Decoder(name, spec["checkpoint"], decoding_batches(args, tokenizer)[0], device,
+                             spec["precision"], spec["use_cache"], spec["ctranslate2_dir"])
+
+    def memory() -> float:
+        return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mib()
+
+    print(ANSWER + json.dumps({"memory": memory()}), flush=True)
+    for request in sys.stdin:
+        if request.strip() == "run":
+            seconds, result = timed(contestant.run, device)
+            print(ANSWER + json.dumps({"seconds": seconds, "result": result, "memory": memory()}), flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM, not ru_maxrss: that keeps the parent's peak across
+    fork and exec, so a child would report the bench's own."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+@dataclasses.dataclass
+class RaceResult:
+    seconds: dict[str, float]  # median per contestant
+    results: dict[str, object]  # each one's result of its warm-up pass
+    memory: dict[str, dict[str, float]]  # each one's peak after set-up ("before") and in all ("peak"), MiB
+
+
+def race(specs: dict[str, dict], reps: int, workdir: Path) -> RaceResult:
+    """Start a process per contestant (set up one after another), warm each up with one pass, then time `reps`
+    interleaved passes, one process working at a time; the others wait on their input."""
+    (workdir / "contestants.json").write_text(json.dumps(specs))
+    contestants = [Contestant(key, workdir) for key in specs]
+    results = {c.name: c.run()["result"] for c in contestants}
     seconds = {c.name: [] for c in contestants}
     for _ in range(reps):
         for c in contestants:
-            seconds[c.name].append(timed(c.run, device)[0])
-    return {name: statistics.median(s) for name, s in seconds.items()}, results
+            seconds[c.name].append(c.run()["seconds"])
+    for c in contestants:
+        c.close()
+    memory = {c.key: {"before": c.set_up_memory, "peak": c.peak_memory} for c in contestants}
+    return RaceResult({name: statistics.median(s) for name, s in seconds.items()}, results, memory)
 
 
 # ---------------------------------------------------------------- CTranslate2: the hook for mt/export.py
@@ -290,55 +378,6 @@ def export_for_ctranslate2(checkpoint: str, workdir: Path) -> str | None:
     return str(export.export_ctranslate2(checkpoint, workdir / "ctranslate2", quantization="float32"))
 
 
-# ---------------------------------------------------------------- peak memory, one contestant per process
-
-def measure_memory_here(args) -> None:
-    """In a child process: set up one contestant, run it once, print its peak memory as JSON."""
-    kind, name = args.measure_memory.split(":", 1)
-    device = select_device(args.device)
-    spec = json.loads(Path(args.workdir, "contestants.json").read_text())[args.measure_memory]
-    if kind == "train":
-        tokenizer = bench_tokenizer(args)
-        cfg = model_config(args, tokenizer)
-        contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"])
-    else:
-        tokenizer = Tokenizer(load_checkpoint(spec["checkpoint"])["spm_model"])
-        contestant = Decoder(name, spec["checkpoint"], decoding_batches(args, tokenizer)[0], device,
-                             spec["precision"], spec["use_cache"], spec["ctranslate2_dir"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    else:
-        before = peak_rss_mib()
-    contestant.run()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mib()
-    print(json.dumps({"before": before, "peak": peak}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux's VmHWM, not ru_maxrss: that keeps the parent's peak across
-    fork and exec, so a child would report the bench's own."""
-    status = Path("/proc/self/status")
-    for line in status.read_text().splitlines() if status.exists() else []:
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
-def measure_memory(args, workdir: Path, specs: dict[str, dict]) -> dict[str, dict]:
-    (workdir / "contestants.json").write_text(json.dumps(specs))
-    passed = [a for a in sys.argv[1:] if a != "--no-memory"]
-    found = {}
-    for key in specs:
-        child = subprocess.run([sys.executable, __file__, *passed, "--measure-memory", key, "--workdir", str(workdir)],
-                               capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if child.returncode != 0:
-            print(f"note: the memory measurement of {key} failed:\n{child.stderr[-2000:]}")
-            continue
-        found[key] = json.loads(child.stdout.strip().splitlines()[-1])
-    return found
-
-
 # ---------------------------------------------------------------- the run
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -347,8 +386,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def main() -> None:
     args = parse_args()
-    if args.measure_memory:
-        return measure_memory_here(args)
+    if args.serve:
+        return serve(args)
     device = select_device(args.device)
     low = select_precision("auto", device)  # what translate.py and training use by default
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -370,23 +409,21 @@ def main() -> None:
               "and skew the measurements")
     laps.append(("set-up", time.perf_counter()))
 
-    trainers = [Trainer("ours fp32", cfg, batches, device, "fp32"),
-                Trainer("torch reference fp32", cfg, batches, device, "fp32")]
-    if low != "fp32":
-        trainers.append(Trainer(f"ours {low}", cfg, batches, device, low))
-    train_rate = {name: tokens / s for name, s in race(trainers, args.reps, device)[0].items()}
+    names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32")
+    trained = race({f"train:{name}": dict(precision=name.split()[-1]) for name in names}, args.reps, workdir)
+    train_rate = {name: tokens / s for name, s in trained.seconds.items()}
     laps.append(("training", time.perf_counter()))
 
     if args.checkpoint:
         checkpoint, decoding_model = args.checkpoint, f"checkpoint {args.checkpoint}"
-    else:  # ours, trained on a little further
-        ours = trainers[-1]
-        for i in range(args.train_steps):
+    else:  # ours, trained as far as in the race and a little further
+        ours = Trainer(f"ours {low}", cfg, batches, device, low)
+        for i in range((args.reps + 1) * len(batches) + args.train_steps):
             ours.step(ours.batches[i % len(ours.batches)])
         checkpoint = str(workdir / "bench.pt")
         save_bench_checkpoint(ours.model, tokenizer, Path(checkpoint), ours.steps)
         decoding_model = f"--model {args.model} trained here for {ours.steps} steps ({ours.name}; not converged)"
-    del trainers
+        del ours
     print(f"decoding model: {decoding_model}")
     sources, references = decoding_batches(args, tokenizer)
     specs = {f"decode:ours cache {low}": dict(precision=low, use_cache=True),
@@ -398,20 +435,16 @@ def main() -> None:
     for spec in specs.values():
         spec.setdefault("ctranslate2_dir", None)
         spec["checkpoint"] = checkpoint
-    decoders = [Decoder(key.split(":", 1)[1], checkpoint, sources, device, spec["precision"], spec["use_cache"],
-                        spec["ctranslate2_dir"]) for key, spec in specs.items()]
-    decode_seconds, outputs = race(decoders, args.reps, device)
+    decoded = race(specs, args.reps, workdir)
+    outputs = decoded.results
     sentences = sum(len(b) for b in sources)
-    decode_rate = {name: sentences / s for name, s in decode_seconds.items()}
+    decode_rate = {name: sentences / s for name, s in decoded.seconds.items()}
     laps.append(("decoding", time.perf_counter()))
+    shutil.rmtree(workdir, ignore_errors=True)
 
-    memory = {}
-    if not args.no_memory:
-        specs.update({f"train:{name}": dict(precision=name.split()[-1]) for name in train_rate})
-        memory = measure_memory(args, workdir, specs)
-    laps.append(("memory", time.perf_counter()))
-    memory_label = ("torch.cuda.max_memory_allocated in a fresh process running one pass, MiB" if device.type == "cuda"
-                    else "peak RSS of a fresh process that sets up and runs one pass, MiB (after set-up alone)")
+    memory = {**trained.memory, **decoded.memory}
+    memory_label = ("torch.cuda.max_memory_allocated of its process, MiB (after set-up alone)" if device.type == "cuda"
+                    else "peak RSS of its process, MiB (after set-up alone)")
 
     def mem(kind: str, name: str) -> str:
         m = memory.get(f"{kind}:{name}")
@@ -425,7 +458,7 @@ def main() -> None:
     no_cache = decode_rate[f"ours no cache {low}"]
     lengths = {name: statistics.mean(map(len, output)) for name, output in outputs.items()}
     for name, rate in decode_rate.items():
-        bleu = score(decoders[0].tokenizer.decode(outputs[name]), references).bleu
+        bleu = score(tokenizer.decode(outputs[name]), references).bleu
         print(f"  {name:32s} {rate:16.1f} {rate / no_cache:11.2f}x   {mem('decode', name)}   {bleu:10.2f}"
               f"  {lengths[name]:11.1f}")
     print(f"\nsentences: {sentences} in {len(sources)} batches of <= 4000 source tokens; memory: {memory_label}")

@@ -1,0 +1,35 @@
+"""scripts/bench.py end to end on a tiny trained model: every contestant runs in its own process, and the last
+line is the JSON the README's figures come from."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
+    checkpoint = trained / "checkpoints" / "best.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--checkpoint", str(checkpoint), "--reps", "1",
+         "--train-batches", "1", "--batch-tokens", "256", "--sentences", "12"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert figures["threads"] == 1 and figures["reps"] == 1
+    assert figures["train_speedup_vs_torch_reference"] > 0
+    assert figures["decode_cache_speedup"] > 0
+    decoders = set(figures["decode_sentences_per_s"])
+    assert {"ours cache fp32", "ours no cache " + figures["precision_auto"]} <= decoders
+    has_ctranslate2 = importlib.util.find_spec("ctranslate2") is not None
+    assert ("ctranslate2 fp32" in decoders) == has_ctranslate2
+    assert (figures["decode_vs_ctranslate2"] is not None) == has_ctranslate2
+    # One memory figure per contestant, each from its own process: a decoder's is not a trainer's.
+    assert set(figures["peak_memory_mib"]) == {f"train:{n}" for n in figures["train_target_tokens_per_s"]} | {
+        f"decode:{n}" for n in decoders}
+    assert len(set(figures["peak_memory_mib"].values())) > 1
+    assert not list(tmp_path.glob("bench-*")), "the bench left its working folder behind"
