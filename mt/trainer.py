@@ -27,8 +27,8 @@ from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import OptimConfig, TrainConfig
 from mt.evaluate import Scores, score
 from mt.files import InputError, remove_partial_writes, write_atomically
-from mt.hardware import (autocast_for, peak_memory_mb, release_free_memory, resident_memory_mb, select_device,
-                         select_precision)
+from mt.hardware import (allocator, autocast_for, peak_memory_mb, release_free_memory, resident_memory_mb,
+                         select_device, select_precision)
 from mt.heatmap import attention_figure
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import label_smoothed_cross_entropy
@@ -101,6 +101,9 @@ class Trainer:
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
                  sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision,
                  f", {self.world.size} processes" if self.world.active else "", peak_memory_mb())
+        if self.device.type == "cpu" and allocator() == "glibc":
+            log.info("allocator: glibc's malloc, under which memory grows by gigabytes over a run and steps are "
+                     "slower; `make train` preloads tcmalloc where it is installed (README, memory)")
 
     # ------------------------------------------------------------ checkpoints
 

@@ -1,6 +1,8 @@
 """Training end to end on real (small) Multi30k files: the CLI, the run directory, resume, and learning."""
 
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -47,6 +49,10 @@ def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_co
     model.load_state_dict(checkpoint["model"])
     assert tokenizer.vocab_size == model.cfg.vocab_size == 300
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 12
+
+    # Under glibc's malloc (the tests' own) the log says how to keep memory from growing.
+    if sys.platform.startswith("linux") and "LD_PRELOAD" not in os.environ:
+        assert "make train` preloads tcmalloc" in (run_dir / "train.log").read_text()
 
 
 def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(small_corpus, tmp_path):
