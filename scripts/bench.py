@@ -260,6 +260,9 @@ def timed(run, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+ANSWER = "BENCH "  # marks the lines a contestant's process answers with (libraries may print too)
+
+
 class Contestant:
     """A contestant's own process (this script with --serve): it sets up, then runs one timed pass per request."""
 
@@ -291,9 +294,6 @@ class Contestant:
         self.process.wait()
         sys.exit(f"bench: the {self.key} process failed (exit {self.process.returncode}):\n"
                  + self.log.read_text()[-3000:])
-
-
-ANSWER = "BENCH "  # marks the lines a contestant's process answers with (libraries may print too)
 
 
 def serve(args) -> None:
