@@ -1,8 +1,12 @@
-"""Train a translation model: `python train.py [key=value ...]`; configs/train.yaml lists the keys."""
+"""Train a translation model: `python train.py [key=value ...]`; mt/config.py lists the keys and their defaults."""
 
-import hydra
+from mt.allocator import restart_under_mimalloc
 
-from mt import cli, config, trainer
+restart_under_mimalloc()  # first of all: the process starts again under mimalloc where it can (mt/allocator.py)
+
+import hydra  # noqa: E402
+
+from mt import cli, config, trainer  # noqa: E402
 
 config.register()
 

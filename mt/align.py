@@ -7,6 +7,7 @@ here is word i of `line.split()`, and a gold file over pre-tokenized text lines 
 from __future__ import annotations
 
 import re
+from enum import Enum
 
 import torch
 from torch import Tensor
@@ -37,6 +38,20 @@ def word_index(pieces: list[str]) -> list[int]:
     return [w if w is not None else max(word, -1) for w in index]  # ...or, at the end, the last word
 
 
+def last_word(pieces: list[str]) -> str:
+    """The text of the last whitespace word of a sentence in pieces ("" if it has none)."""
+    index = word_index(pieces)
+    if not pieces or index[-1] < 0:
+        return ""
+    return "".join(piece for piece, word in zip(pieces, index) if word == index[-1]).replace(WORD_START, "")
+
+
+def renormalized(matrix: Tensor) -> Tensor:
+    """Rows scaled to sum to 1 (in float64); a row of zeros stays zero."""
+    matrix = matrix.double()
+    return matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def merge_to_words(attention: Tensor, src_pieces: list[str], tgt_pieces: list[str]) -> Tensor:
     """(target pieces [+ EOS], source pieces [+ EOS]) attention -> (target words, source words).
 
@@ -44,8 +59,7 @@ def merge_to_words(attention: Tensor, src_pieces: list[str], tgt_pieces: list[st
     which word aligns); a source word gets the sum of its pieces' weights (the mass on that word), a target word
     the mean of its pieces' rows.
     """
-    matrix = attention[: len(tgt_pieces), : len(src_pieces)].double()
-    matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    matrix = renormalized(attention[: len(tgt_pieces), : len(src_pieces)])
     src_words, tgt_words = word_index(src_pieces), word_index(tgt_pieces)
     n_src, n_tgt = max(src_words, default=-1) + 1, max(tgt_words, default=-1) + 1
     to_src = torch.zeros(len(src_pieces), n_src, dtype=torch.float64)
@@ -120,6 +134,8 @@ SYMMETRIZE = {
     "union": lambda forward, reverse: forward | reverse,
     "grow-diag-final": grow_diag_final,
 }
+# A choice in the configuration schema. The functional form admits the field's hyphenated name.
+Symmetrize = Enum("Symmetrize", {name: name for name in SYMMETRIZE}, type=str)
 
 
 def select_heads(attention: Tensor, layer: int, head: int | None) -> Tensor:

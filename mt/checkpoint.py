@@ -3,6 +3,7 @@ atomically and loaded without unpickling code."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -15,6 +16,17 @@ from mt.files import InputError, write_atomically
 
 FORMAT = "mt-checkpoint"
 VERSION = 1
+
+
+def model_payload(model, tokenizer, alignment_head=None) -> dict:
+    """What a checkpoint needs to translate: the weights and settings of `model` (a Transformer), the bytes of
+    `tokenizer`'s SentencePiece model, and the alignment head it was trained with, if any (a dataclass)."""
+    return {
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.cfg),
+        "spm_model": tokenizer.model_bytes,
+        "alignment_head": dataclasses.asdict(alignment_head) if alignment_head is not None else None,
+    }
 
 
 def save_checkpoint(path: str | os.PathLike, content: dict) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -25,9 +26,14 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerConfig
 log = logging.getLogger(__name__)
 
 
+class Source(str, Enum):
+    files = "files"  # line-parallel text files, given by prefix
+    hub = "hub"  # a Hugging Face Hub dataset
+
+
 @dataclass
 class DataConfig:
-    source: str = "files"  # files | hub
+    source: Source = Source.files
     src_lang: str = "de"
     tgt_lang: str = "en"
     # For source=files: path prefixes, read as PREFIX.LANG or PREFIX.LANG.gz (data/multi30k/train -> train.de.gz)
@@ -50,7 +56,7 @@ class DataConfig:
 
 def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
     """Splits `train`, `dev` and one per test set (`test` for the Hub), each with `src` and `tgt` text."""
-    corpus = _load_hub(cfg) if cfg.source == "hub" else _load_files(cfg)
+    corpus = _load_hub(cfg) if cfg.source == Source.hub else _load_files(cfg)
     if cfg.train_limit is not None:
         corpus["train"] = corpus["train"].select(range(min(cfg.train_limit, len(corpus["train"]))))
     for name, split in corpus.items():
@@ -201,7 +207,7 @@ class Batch:
     def target_tokens(self) -> int:
         return int(self.tgt_out.ne(PAD_ID).sum())
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
 
 
@@ -214,14 +220,29 @@ def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_le
     return out
 
 
+def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int | None = None) -> Batch:
+    """Sources + EOS, BOS + targets, targets + EOS, padded; `max_len` truncates them (for decoding)."""
+    return Batch(
+        src=pad_rows(src_ids, [], [EOS_ID], max_len),
+        tgt_in=pad_rows(tgt_ids, [BOS_ID], [], max_len),
+        tgt_out=pad_rows(tgt_ids, [], [EOS_ID], max_len),
+    )
+
+
 def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = None) -> Batch:
     """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
     rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
-    return Batch(
-        src=pad_rows(rows["src_ids"], [], [EOS_ID], max_len),
-        tgt_in=pad_rows(rows["tgt_ids"], [BOS_ID], [], max_len),
-        tgt_out=pad_rows(rows["tgt_ids"], [], [EOS_ID], max_len),
-    )
+    return make_batch(rows["src_ids"], rows["tgt_ids"], max_len)
+
+
+def decoding_batches(src_ids: list[list[int]], max_tokens: int,
+                     tgt_ids: list[list[int]] | None = None) -> list[list[int]]:
+    """The rows to decode (a source, and a target where given, that is not empty) as batches of row numbers, at
+    most max_tokens padded tokens each (EOS counted), similar lengths together."""
+    todo = [i for i, row in enumerate(src_ids) if row and (tgt_ids is None or tgt_ids[i])]
+    src_len = np.array([len(src_ids[i]) + 1 for i in todo], dtype=np.int64)
+    tgt_len = src_len if tgt_ids is None else np.array([len(tgt_ids[i]) + 1 for i in todo], dtype=np.int64)
+    return [[todo[b] for b in batch] for batch in TokenBatches(src_len, tgt_len, max_tokens, shuffle=False).epoch(0)]
 
 
 class TokenBatches:
@@ -239,7 +260,7 @@ class TokenBatches:
 
     @classmethod
     def for_split(cls, split: datasets.Dataset, max_tokens: int, shuffle: bool, seed: int = 0,
-                  **shard) -> "TokenBatches":
+                  **shard) -> TokenBatches:
         return cls(column(split, "src_len"), column(split, "tgt_len"), max_tokens, shuffle, seed, **shard)
 
     def epoch(self, epoch: int) -> list[list[int]]:

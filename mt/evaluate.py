@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sacrebleu.metrics import BLEU, CHRF
 
+
 @dataclass
 class Scores:
     bleu: float

@@ -8,6 +8,7 @@ imports it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mt import cli
 from mt.files import InputError
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
-from mt.translate import load_translator
+from mt.translator import load_model
 
 # CTranslate2's weight types (ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES), listed here so the command line
 # can offer them without importing ctranslate2.
@@ -34,8 +36,8 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     out_dir = Path(out_dir).resolve()
     if out_dir.exists():
         _check_replaceable(out_dir, force)
-    model, tokenizer = load_translator(str(checkpoint), torch.device("cpu"))
-    spec = transformer_spec(ctranslate2, model, tokenizer)
+    loaded = load_model(str(checkpoint), torch.device("cpu"))
+    spec = transformer_spec(ctranslate2, loaded.model, loaded.tokenizer)
 
     # Written next to out_dir and renamed into place, so a failed export leaves no half-written model behind.
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
@@ -44,7 +46,7 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         spec.optimize(quantization=quantization)  # also stores the tied embeddings once
         staging.mkdir(parents=True)
         spec.save(str(staging))
-        tokenizer.save(staging / "spm.model")
+        loaded.tokenizer.save(staging / "spm.model")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -146,3 +148,17 @@ def _set_ffn(spec, ffn: nn.Sequential, norm: nn.LayerNorm) -> None:
     _set_linear(spec.linear_0, ffn[0])
     _set_linear(spec.linear_1, ffn[2])
     _set_norm(spec.layer_norm, norm)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line of scripts/export_ctranslate2.py (and of `mt-export-ctranslate2`)."""
+    parser = argparse.ArgumentParser(description="Export a trained checkpoint as a CTranslate2 model directory.")
+    parser.add_argument("checkpoint", help="a checkpoint of this toolkit, e.g. RUN/checkpoints/best.pt")
+    parser.add_argument("out_dir", help="the CTranslate2 model directory to write (with spm.model beside it)")
+    parser.add_argument("--quantization", default="float32", choices=QUANTIZATIONS,
+                        help="weight type of the exported model (default: float32)")
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier export")
+    args = parser.parse_args(argv)
+    with cli.one_line_errors():
+        print(export_ctranslate2(args.checkpoint, args.out_dir, args.quantization, args.force))
+    return 0

@@ -1,4 +1,5 @@
-"""Reading text files line by line with errors that name the file and line; writing files atomically."""
+"""Reading text files line by line with errors that name the file and line; opening outputs; writing files
+atomically."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import gzip
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
-
+from typing import BinaryIO, Optional, TextIO
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -61,6 +62,19 @@ def _count_mismatch(src_path: str, src_count: int, tgt_path: str, tgt_count: int
             "parallel files must have one sentence per line, line for line")
 
 
+def open_output(stack: ExitStack, name: Optional[str]) -> Optional[TextIO]:
+    """A UTF-8 text file to write, its folder made if missing ("-": stdout; None: none), closed with `stack`."""
+    if name is None:
+        return None
+    if name == "-":
+        return sys.stdout
+    try:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        return stack.enter_context(open(name, "w", encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"{name}: cannot write it ({e.strerror or e})") from None
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write(file)` to a temporary file, flush it to disk, then rename it over `path`.
 
@@ -76,7 +90,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a file-size limit, no permission: the old file is untouched
-        raise InputError(f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept")
+        raise InputError(
+            f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -1,12 +1,11 @@
-"""Where and in what precision to run (the device, autocast for bf16/fp16), and the process's memory."""
+"""Where and in what precision to run (the device, autocast for bf16/fp16), and the process's memory use."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import resource
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -14,31 +13,47 @@ import torch
 from mt.files import InputError
 
 
+class Device(str, Enum):
+    auto = "auto"  # cuda where a GPU is visible, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 where the hardware has it, else fp16 on CUDA or fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda but no CUDA device is visible; use device=cpu")
-    return torch.device(name)
+    return torch.device(str(Device(name).value))
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (its /proc/cpuinfo flags; elsewhere, no)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def select_precision(name: str, device: torch.device) -> str:
+    """The precision `name` stands for on `device`: "fp32", "bf16" or "fp16"."""
+    name = Precision(name).value
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if _cpu_has_bf16() else "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise InputError("precision=fp16 needs CUDA; on CPU use bf16 or fp32")
-    if name not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"precision={name}: choose auto, fp32, bf16 or fp16")
     return name
 
 
@@ -48,40 +63,6 @@ def autocast_for(precision: str, device: torch.device):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def _glibc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-
-
-def release_free_memory() -> None:
-    """Hand the C heap's free pages back to the operating system (glibc's malloc_trim; elsewhere nothing).
-
-    Batches of ever-changing shapes fragment glibc's heap, and it keeps what is freed: a training run's resident
-    memory grew by gigabytes over thousands of steps (README, memory). The trainer calls this every log_every
-    steps (about 0.2 s): it returns the free pages, though it cannot stop the heap's growth.
-    """
-    if allocator() == "glibc":
-        _LIBC.malloc_trim(0)
-
-
-@functools.cache
-def allocator() -> str:
-    """Who serves this process's malloc: "tcmalloc" or "jemalloc" when preloaded, else "glibc" (or "other")."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        maps = ""
-    for name in ("tcmalloc", "jemalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "glibc" if _LIBC is not None and hasattr(_LIBC, "malloc_trim") else "other"
 
 
 def resident_memory_mb() -> float:

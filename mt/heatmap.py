@@ -6,8 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: figures are only rendered to images
 
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+from torch import Tensor
 
 
 def attention_figure(panels: list[Tensor], src_tokens: list[str], tgt_tokens: list[str], title: str = "",

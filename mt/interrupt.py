@@ -28,7 +28,7 @@ class StopRequests:
         self.signum: int | None = None
         self._previous = {}
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         for signum in self.SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self

@@ -3,9 +3,8 @@ scoring of given outputs (their log-probabilities and cross-attention, for resco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor

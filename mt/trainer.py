@@ -23,19 +23,19 @@ from tqdm import tqdm
 
 from mt import data as corpus_data
 from mt import distributed
-from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import OptimConfig, TrainConfig
+from mt.allocator import allocator_report, release_free_memory
+from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from mt.config import OptimConfig, Optimizer, TrainConfig
 from mt.evaluate import Scores, score
 from mt.files import InputError, remove_partial_writes, write_atomically
-from mt.hardware import (allocator, autocast_for, peak_memory_mb, release_free_memory, resident_memory_mb,
-                         select_device, select_precision)
+from mt.hardware import autocast_for, peak_memory_mb, resident_memory_mb, select_device, select_precision
 from mt.heatmap import attention_figure
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
 from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
-from mt.translate import TranslateConfig, Translator
+from mt.translator import SearchSettings, Translator
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- optimization
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.name)
-    if kind is None:
-        raise InputError(f"optim.name={cfg.name}: choose adam or adamw")
+    kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[cfg.name]
     optimizer = kind(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
     # Inverse square root: linear warm-up to lr, then lr * sqrt(warmup / step).
@@ -101,18 +99,15 @@ class Trainer:
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
                  sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision,
                  f", {self.world.size} processes" if self.world.active else "", peak_memory_mb())
-        if self.device.type == "cpu" and allocator() == "glibc":
-            log.info("allocator: glibc's malloc, under which memory grows by gigabytes over a run and steps are "
-                     "slower; `make train` preloads tcmalloc where it is installed (README, memory)")
+        if self.device.type == "cpu":
+            log.info(allocator_report())
 
     # ------------------------------------------------------------ checkpoints
 
     def _checkpoint_content(self) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "model_config": dataclasses.asdict(self.model_cfg),
-            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
-            "spm_model": self.tokenizer.model_bytes,
+            **model_payload(self.model, self.tokenizer),
+            "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -203,11 +198,11 @@ class Trainer:
     def evaluate(self, split) -> Scores:
         """Greedy translations of a split's sources (exactly as translate.py beam_size=1 gives them), scored."""
         t = self.cfg.trainer
-        settings = TranslateConfig(beam_size=1, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
-                                   batch_tokens=t.eval_batch_tokens, precision=self.precision)
+        settings = SearchSettings(beam_size=1, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
+                                  batch_tokens=t.eval_batch_tokens)
         was_training = self.model.training
         self.model.eval()
-        hyps = Translator(self.model, self.tokenizer, settings, self.device).best(list(split["src"]))
+        hyps = Translator(self.model, self.tokenizer, settings, self.device, self.precision).best(list(split["src"]))
         self.model.train(was_training)
         return score(hyps, list(split["tgt"]))
 

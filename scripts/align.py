@@ -1,14 +1,10 @@
 """Word-align given sentence pairs with a trained checkpoint (forced decoding):
-`python scripts/align.py checkpoint=CKPT source=FILE target=FILE output=FILE`; configs/align.yaml lists the keys."""
+`python scripts/align.py checkpoint=CKPT source=FILE target=FILE output=FILE`; mt/config.py (AlignConfig) types the
+keys."""
 
-import sys
-from pathlib import Path
+import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import hydra  # noqa: E402
-
-from mt import cli, config, force_align  # noqa: E402
+from mt import cli, config, force_align
 
 config.register()
 

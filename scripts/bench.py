@@ -27,37 +27,36 @@ import gzip
 import itertools
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from mt.checkpoint import model_payload, save_checkpoint
+from mt.data import Batch, TokenBatches, decoding_batches, make_batch
+from mt.evaluate import score
+from mt.hardware import autocast_for, select_device, select_precision
+from mt.loss import label_smoothed_cross_entropy
+from mt.model import ModelConfig, SinusoidalPositions, Transformer
+from mt.race import race, serve
+from mt.search import beam_search, max_output_lengths
+from mt.tokenizer import PAD_ID, Tokenizer, TokenizerConfig, train_or_load
+from mt.translator import SearchSettings, load_model
+
 warnings.filterwarnings("ignore", message="enable_nested_tensor is True")  # nn.Transformer's, about norm_first
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
-
-from mt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from mt.data import Batch, TokenBatches, pad_rows  # noqa: E402
-from mt.evaluate import score  # noqa: E402
-from mt.hardware import autocast_for, select_device, select_precision  # noqa: E402
-from mt.loss import label_smoothed_cross_entropy  # noqa: E402
-from mt.model import ModelConfig, SinusoidalPositions, Transformer  # noqa: E402
-from mt.search import beam_search, max_output_lengths  # noqa: E402
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerConfig, train_or_load  # noqa: E402
-
+ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "multi30k"
-BEAM, ALPHA, MAX_LEN_A, MAX_LEN_B = 5, 0.6, 1.5, 10  # translate.py's defaults
+SEARCH = SearchSettings()  # translate.py's defaults (beam size, length penalty, length limits)
 LABEL_SMOOTHING, LR = 0.1, 5e-4
 
 
@@ -94,7 +93,7 @@ def read_gz(path: Path, count: int | None = None) -> list[str]:
 def bench_tokenizer(args) -> Tokenizer:
     """The checkpoint's, or a SentencePiece model trained on the first 10,000 training pairs (cached in .cache)."""
     if args.checkpoint:
-        return Tokenizer(load_checkpoint(args.checkpoint)["spm_model"])
+        return load_model(args.checkpoint, torch.device("cpu")).tokenizer
     pairs, files = 10_000, [DATA / "train.de.gz", DATA / "train.en.gz"]
     fingerprint = f"bench|{pairs}|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     texts = (line for f in files for line in read_gz(f, pairs))
@@ -103,8 +102,8 @@ def bench_tokenizer(args) -> Tokenizer:
 
 def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
     if args.checkpoint:
-        return ModelConfig(**load_checkpoint(args.checkpoint)["model_config"])
-    dims = yaml.safe_load((ROOT / "configs" / "model" / f"{args.model}.yaml").read_text())
+        return load_model(args.checkpoint, torch.device("cpu")).model.cfg
+    dims = yaml.safe_load((ROOT / "configs" / "model" / f"{args.model}.yaml").read_text()) or {}
     return ModelConfig(vocab_size=tokenizer.vocab_size, **dims)
 
 
@@ -117,16 +116,13 @@ def training_batches(args, tokenizer: Tokenizer, cfg: ModelConfig) -> list[Batch
     lengths = [np.array([len(side[i]) + 1 for i in keep]) for side in (src, tgt)]
     batches = TokenBatches(*lengths, args.batch_tokens, shuffle=False).epoch(0)
     chosen = [batches[int(i)] for i in np.linspace(0, len(batches) - 1, args.train_batches)]
-    return [Batch(src=pad_rows([src[keep[i]] for i in b], [], [EOS_ID]),
-                  tgt_in=pad_rows([tgt[keep[i]] for i in b], [BOS_ID], []),
-                  tgt_out=pad_rows([tgt[keep[i]] for i in b], [], [EOS_ID])) for b in chosen]
+    return [make_batch([src[keep[i]] for i in b], [tgt[keep[i]] for i in b]) for b in chosen]
 
 
-def decoding_batches(args, tokenizer: Tokenizer) -> tuple[list[list[list[int]]], list[str]]:
-    """test_2016 sources as translate.py batches them (4,000 source tokens, by length), and the references."""
+def test_batches(args, tokenizer: Tokenizer) -> tuple[list[list[list[int]]], list[str]]:
+    """test_2016 sources as translate.py batches them (by length, batch_tokens), and the references in that order."""
     ids = tokenizer.encode(read_gz(DATA / "test_2016_flickr.de.gz", args.sentences))
-    lengths = np.array([len(row) + 1 for row in ids])
-    batches = TokenBatches(lengths, lengths, 4000, shuffle=False).epoch(0)
+    batches = decoding_batches(ids, SEARCH.batch_tokens)
     order = [i for b in batches for i in b]
     references = read_gz(DATA / "test_2016_flickr.en.gz", args.sentences)
     return [[ids[i] for i in b] for b in batches], [references[i] for i in order]
@@ -209,18 +205,14 @@ class Decoder:
     def __init__(self, name: str, checkpoint: str, batches: list[list[list[int]]], device: torch.device,
                  precision: str = "fp32", use_cache: bool = True, ctranslate2_dir: str | None = None):
         self.name, self.use_cache, self.device = name, use_cache, device
-        content = load_checkpoint(checkpoint)
-        self.tokenizer = Tokenizer(content["spm_model"])
-        cfg = ModelConfig(**content["model_config"])
+        loaded = load_model(checkpoint, device)
+        self.tokenizer, cfg = loaded.tokenizer, loaded.model.cfg
         longest = cfg.max_positions - 1  # translate.py's cut: the model's positions, EOS included
         batches = [[row[:longest] for row in b] for b in batches]
-        self.sources = [pad_rows(b, [], [EOS_ID]).to(device) for b in batches]
+        self.sources = [make_batch(b, b).src.to(device) for b in batches]
         if ctranslate2_dir is None:
-            self.model = Transformer(cfg)
-            self.model.load_state_dict(content["model"])
-            self.model.to(device).eval()
+            self.model, self.translator = loaded.model, None
             self.autocast = autocast_for(precision, device)
-            self.translator = None
         else:
             import ctranslate2
 
@@ -229,7 +221,7 @@ class Decoder:
                 intra_threads=torch.get_num_threads() if device.type == "cpu" else 0)
             self.pieces = [[self.tokenizer.pieces(row) for row in b] for b in batches]  # the export appends </s>
             # CTranslate2 takes one length limit per batch: the longest of ours for that batch.
-            self.max_lengths = [int(max_output_lengths(s, MAX_LEN_A, MAX_LEN_B, cfg.max_positions).max())
+            self.max_lengths = [int(max_output_lengths(s, SEARCH.max_len_a, SEARCH.max_len_b, cfg.max_positions).max())
                                 for s in self.sources]
 
     def run(self) -> list[list[int]]:
@@ -238,67 +230,22 @@ class Decoder:
         if self.translator is not None:
             for pieces, max_length in zip(self.pieces, self.max_lengths):
                 # Its length penalty divides by length ** alpha (ours: GNMT's): a few outputs differ.
-                results = self.translator.translate_batch(pieces, beam_size=BEAM, length_penalty=ALPHA,
+                results = self.translator.translate_batch(pieces, beam_size=SEARCH.beam_size,
+                                                          length_penalty=SEARCH.length_penalty,
                                                           max_decoding_length=max_length)
                 outputs += [[self.tokenizer.sp.piece_to_id(p) for p in r.hypotheses[0] if p != "</s>"]
                             for r in results]
             return outputs
         for src in self.sources:
             with self.autocast():
-                nbests = beam_search(self.model, src, BEAM, 1, ALPHA, MAX_LEN_A, MAX_LEN_B, self.use_cache)
+                nbests = beam_search(self.model, src, SEARCH.beam_size, 1, SEARCH.length_penalty, SEARCH.max_len_a,
+                                     SEARCH.max_len_b, self.use_cache)
             outputs += [hyps[0].tokens for hyps in nbests]
         return outputs
 
 
-def timed(run, device: torch.device) -> tuple[float, object]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
-
-
-ANSWER = "BENCH "  # marks the lines a contestant's process answers with (libraries may print too)
-
-
-class Contestant:
-    """A contestant's own process (this script with --serve): it sets up, then runs one timed pass per request."""
-
-    def __init__(self, key: str, workdir: Path):
-        self.key, self.name = key, key.split(":", 1)[1]
-        self.log = workdir / f"{key.replace(':', '_').replace(' ', '_')}.log"
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, __file__, *sys.argv[1:], "--serve", key, "--workdir", str(workdir)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        self.set_up_memory = self.peak_memory = self._answer()["memory"]
-
-    def run(self) -> dict:
-        self.process.stdin.write("run\n")
-        self.process.stdin.flush()
-        answer = self._answer()
-        self.peak_memory = answer["memory"]
-        return answer
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait()
-
-    def _answer(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith(ANSWER):
-                return json.loads(line[len(ANSWER):])
-        self.process.wait()
-        sys.exit(f"bench: the {self.key} process failed (exit {self.process.returncode}):\n"
-                 + self.log.read_text()[-3000:])
-
-
-def serve(args) -> None:
-    """In a child process: set up one contestant, then for each "run" on stdin time one pass and answer on
-    stdout with its seconds, its result and the process's peak memory so far."""
+def be_contestant(args) -> None:
+    """In a child process (--serve KEY): set up one contestant, then time passes on request (mt/race.py)."""
     kind, name = args.serve.split(":", 1)
     device = select_device(args.device)
     spec = json.loads(Path(args.workdir, "contestants.json").read_text())[args.serve]
@@ -307,59 +254,23 @@ def serve(args) -> None:
         cfg = model_config(args, tokenizer)
         contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"])
     else:
-        tokenizer = Tokenizer(load_checkpoint(spec["checkpoint"])["spm_model"])
-        contestant = Decoder(name, spec["checkpoint"], decoding_batches(args, tokenizer)[0], device,
+        tokenizer = load_model(spec["checkpoint"], torch.device("cpu")).tokenizer
+        contestant = Decoder(name, spec["checkpoint"], test_batches(args, tokenizer)[0], device,
                              spec["precision"], spec["use_cache"], spec["ctranslate2_dir"])
-
-    def memory() -> float:
-        return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mib()
-
-    print(ANSWER + json.dumps({"memory": memory()}), flush=True)
-    for request in sys.stdin:
-        if request.strip() == "run":
-            seconds, result = timed(contestant.run, device)
-            print(ANSWER + json.dumps({"seconds": seconds, "result": result, "memory": memory()}), flush=True)
+    serve(contestant.run, device)
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux's VmHWM, not ru_maxrss: that keeps the parent's peak across
-    fork and exec, so a child would report the bench's own."""
-    status = Path("/proc/self/status")
-    for line in status.read_text().splitlines() if status.exists() else []:
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
-@dataclasses.dataclass
-class RaceResult:
-    seconds: dict[str, float]  # median per contestant
-    results: dict[str, object]  # each one's result of its warm-up pass
-    memory: dict[str, dict[str, float]]  # each one's peak after set-up ("before") and in all ("peak"), MiB
-
-
-def race(specs: dict[str, dict], reps: int, workdir: Path) -> RaceResult:
-    """Start a process per contestant (set up one after another), warm each up with one pass, then time `reps`
-    interleaved passes, one process working at a time; the others wait on their input."""
+def run_race(specs: dict[str, dict], reps: int, workdir: Path):
+    """Race the contestants of `specs` (key -> settings), each in a process of this script."""
     (workdir / "contestants.json").write_text(json.dumps(specs))
-    contestants = [Contestant(key, workdir) for key in specs]
-    results = {c.name: c.run()["result"] for c in contestants}
-    seconds = {c.name: [] for c in contestants}
-    for _ in range(reps):
-        for c in contestants:
-            seconds[c.name].append(c.run()["seconds"])
-    for c in contestants:
-        c.close()
-    memory = {c.key: {"before": c.set_up_memory, "peak": c.peak_memory} for c in contestants}
-    return RaceResult({name: statistics.median(s) for name, s in seconds.items()}, results, memory)
+    command = [sys.executable, __file__, *sys.argv[1:], "--workdir", str(workdir)]
+    return race(list(specs), command, reps, workdir)
 
 
 # ---------------------------------------------------------------- CTranslate2: the hook for mt/export.py
 
 def save_bench_checkpoint(model: Transformer, tokenizer: Tokenizer, path: Path, steps: int) -> None:
-    """A checkpoint with the keys of mt/trainer.py's (those a translator and an exporter read)."""
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg),
-                           "spm_model": tokenizer.model_bytes, "step": steps})
+    save_checkpoint(path, {**model_payload(model, tokenizer), "step": steps})
 
 
 def export_for_ctranslate2(checkpoint: str, workdir: Path) -> str | None:
@@ -387,7 +298,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main() -> None:
     args = parse_args()
     if args.serve:
-        return serve(args)
+        return be_contestant(args)
     device = select_device(args.device)
     low = select_precision("auto", device)  # what translate.py and training use by default
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -410,7 +321,7 @@ def main() -> None:
     laps.append(("set-up", time.perf_counter()))
 
     names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32")
-    trained = race({f"train:{name}": dict(precision=name.split()[-1]) for name in names}, args.reps, workdir)
+    trained = run_race({f"train:{name}": dict(precision=name.split()[-1]) for name in names}, args.reps, workdir)
     train_rate = {name: tokens / s for name, s in trained.seconds.items()}
     laps.append(("training", time.perf_counter()))
 
@@ -425,7 +336,7 @@ def main() -> None:
         decoding_model = f"--model {args.model} trained here for {ours.steps} steps ({ours.name}; not converged)"
         del ours
     print(f"decoding model: {decoding_model}")
-    sources, references = decoding_batches(args, tokenizer)
+    sources, references = test_batches(args, tokenizer)
     specs = {f"decode:ours cache {low}": dict(precision=low, use_cache=True),
              "decode:ours cache fp32": dict(precision="fp32", use_cache=True),
              f"decode:ours no cache {low}": dict(precision=low, use_cache=False)}
@@ -435,7 +346,7 @@ def main() -> None:
     for spec in specs.values():
         spec.setdefault("ctranslate2_dir", None)
         spec["checkpoint"] = checkpoint
-    decoded = race(specs, args.reps, workdir)
+    decoded = run_race(specs, args.reps, workdir)
     outputs = decoded.results
     sentences = sum(len(b) for b in sources)
     decode_rate = {name: sentences / s for name, s in decoded.seconds.items()}
@@ -457,11 +368,12 @@ def main() -> None:
           f"   BLEU  mean length")
     no_cache = decode_rate[f"ours no cache {low}"]
     lengths = {name: statistics.mean(map(len, output)) for name, output in outputs.items()}
+    bleu = {name: score(tokenizer.decode(output), references).bleu for name, output in outputs.items()}
     for name, rate in decode_rate.items():
-        bleu = score(tokenizer.decode(outputs[name]), references).bleu
-        print(f"  {name:32s} {rate:16.1f} {rate / no_cache:11.2f}x   {mem('decode', name)}   {bleu:10.2f}"
+        print(f"  {name:32s} {rate:16.1f} {rate / no_cache:11.2f}x   {mem('decode', name)}   {bleu[name]:10.2f}"
               f"  {lengths[name]:11.1f}")
-    print(f"\nsentences: {sentences} in {len(sources)} batches of <= 4000 source tokens; memory: {memory_label}")
+    print(f"\nsentences: {sentences} in {len(sources)} batches of <= {SEARCH.batch_tokens} source tokens; "
+          f"memory: {memory_label}")
     print("seconds: " + ", ".join(f"{name} {end - start:.0f}" for (_, start), (name, end) in zip(laps, laps[1:]))
           + f"; {laps[-1][1] - laps[0][1]:.0f} in all")
     warning = None
@@ -478,6 +390,7 @@ def main() -> None:
         "train_target_tokens_per_s": {name: round(rate, 1) for name, rate in train_rate.items()},
         "decode_sentences_per_s": {name: round(rate, 2) for name, rate in decode_rate.items()},
         "decode_mean_output_tokens": {name: round(length, 2) for name, length in lengths.items()},
+        "decode_bleu": {name: round(value, 2) for name, value in bleu.items()},
         "peak_memory_mib": {key: round(m["peak"], 1) for key, m in memory.items()},
         "memory_measure": memory_label,
         "train_speedup_vs_torch_reference": ratio(train_rate["ours fp32"], train_rate["torch reference fp32"]),

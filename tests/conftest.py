@@ -1,8 +1,13 @@
 """Test set-up: no test may reach the network, and every cache lives in the test's temporary folders."""
 
+import gzip
 import os
+import random
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -10,13 +15,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import gzip  # noqa: E402
-import random  # noqa: E402
-import subprocess  # noqa: E402
-
-import pytest  # noqa: E402
 
 MULTI30K = ROOT / "data" / "multi30k"
 
@@ -53,8 +51,8 @@ TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
 
 
-def train_cli(*overrides, cwd=ROOT, **popen):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=ONE_THREAD,
+def train_cli(*overrides, cwd=ROOT, env=None, **popen):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env or ONE_THREAD,
                           capture_output=True, text=True, timeout=600, **popen)
 
 

@@ -5,10 +5,17 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
-from mt.align import (alignment_error_rate, hard_links, merge_to_words, read_pharaoh, select_heads, to_pharaoh,
-                      word_index)
+
+from mt.align import (
+    alignment_error_rate,
+    hard_links,
+    merge_to_words,
+    read_pharaoh,
+    select_heads,
+    to_pharaoh,
+    word_index,
+)
 
 
 def test_word_index_follows_sentencepiece_word_starts():

@@ -14,8 +14,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
+
 from mt.checkpoint import load_checkpoint
 
 STEPS = 24
@@ -35,15 +35,6 @@ def start(run_dir, corpus, tmp_path, *extra):
     return process, run_dir / f"out.{launch}"
 
 
-def wait_for_training(process, out, timeout=120):
-    """Wait until the model is built (the log says so): the steps begin."""
-    deadline = time.monotonic() + timeout
-    while "] - model: " not in out.read_text():
-        assert process.poll() is None, out.read_text()[-3000:]
-        assert time.monotonic() < deadline, "train.py did not start training"
-        time.sleep(0.05)
-
-
 def final_weights(run_dir):
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == STEPS
@@ -61,69 +52,83 @@ def assert_checkpoints_readable(run_dir):
         load_checkpoint(path)  # raises on a truncated file
 
 
+def wait_for_log(process, out, text, timeout=300):
+    deadline = time.monotonic() + timeout
+    while text not in out.read_text():
+        assert process.poll() is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"train.py never logged {text!r}"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(small_corpus, tmp_path_factory):
-    """The reference run, and how long its training part took (from 'model:' to exit)."""
+    """The reference run's final weights."""
     tmp_path = tmp_path_factory.mktemp("whole")
     process, out = start(tmp_path / "run", small_corpus, tmp_path)
-    wait_for_training(process, out)
-    began = time.monotonic()
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
-    return final_weights(tmp_path / "run"), time.monotonic() - began
+    return final_weights(tmp_path / "run")
 
 
-def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_weights(uninterrupted, small_corpus, tmp_path):
-    reference, duration = uninterrupted
-    run_dir, rng = tmp_path / "run", random.Random(7)
-    kills = []
-    while len(kills) < 3:
-        assert len(kills) + 3 > len(list(run_dir.glob("out.*"))), "the runs ended before they could be killed"
-        process, out = start(run_dir, small_corpus, tmp_path)
-        wait_for_training(process, out)
-        time.sleep(rng.uniform(0.0, duration))
-        if process.poll() is None:
+def kill_while_saving(process, run_dir) -> bool:
+    """Freeze the process at moments in quick succession until one finds a checkpoint half-written, and kill it
+    there; False if the run ended first."""
+    while process.poll() is None:
+        process.send_signal(signal.SIGSTOP)
+        if any(run_dir.glob(f"checkpoints/.*.{process.pid}.partial")):
             process.send_signal(signal.SIGKILL)
             process.wait()
-            writing = any(run_dir.glob("checkpoints/.*.partial"))
-            kills.append("while saving" if writing else "between saves")
-        assert_checkpoints_readable(run_dir)
-    # One more, the moment a checkpoint is being written (if the poll catches one in the act).
-    process, out = start(run_dir, small_corpus, tmp_path)
-    while process.poll() is None and not any(run_dir.glob("checkpoints/.*.partial")):
-        time.sleep(0.001)
-    if process.poll() is None:
+            return True
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.0005)
+    return False
+
+
+def test_runs_killed_at_random_moments_and_in_a_save_resume_to_the_uninterrupted_weights(
+        uninterrupted, small_corpus, tmp_path):
+    run_dir, rng = tmp_path / "run", random.Random(7)
+    # Each kill a random moment after an evaluation with at least two more to come, later than the one before
+    # (a restarted run resumes from its last checkpoint, at or before the previous kill).
+    for step in sorted(rng.sample(range(3, STEPS - 5, 3), 3)):
+        process, out = start(run_dir, small_corpus, tmp_path)
+        wait_for_log(process, out, f"step {step} dev BLEU")
+        time.sleep(rng.uniform(0.0, 0.05))
+        assert process.poll() is None, "the run ended before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills.append("while saving (aimed)")
+        assert_checkpoints_readable(run_dir)
+    # One more, while a checkpoint is being written: the partial file is left, last.pt is the previous one.
+    before = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    process, out = start(run_dir, small_corpus, tmp_path)
+    assert kill_while_saving(process, run_dir), "no save was caught in the act"
+    assert any(run_dir.glob("checkpoints/.*.partial"))
     assert_checkpoints_readable(run_dir)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] >= before
 
     process, out = start(run_dir, small_corpus, tmp_path)
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
-    print("kill points:", kills)
-    assert not list(run_dir.glob("checkpoints/.*.partial"))  # the resumed run cleared what the kills left
-    assert_same_weights(final_weights(run_dir), reference)
+    assert not list(run_dir.glob("checkpoints/.*.partial"))  # the resumed run cleared what the kill left
+    assert_same_weights(final_weights(run_dir), uninterrupted)
     assert (run_dir / "results.json").is_file()
 
 
-def test_ctrl_c_saves_last_pt_exits_130_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
-        uninterrupted, small_corpus, tmp_path):
-    reference, duration = uninterrupted
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_last_pt_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
+        uninterrupted, small_corpus, tmp_path, signum, status):
     run_dir = tmp_path / "run"
     process, out = start(run_dir, small_corpus, tmp_path)
-    wait_for_training(process, out)
-    time.sleep(duration / 3)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
+    wait_for_log(process, out, "step 6 dev BLEU")
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == status
     last_line = out.read_text().strip().splitlines()[-1]
     assert last_line.startswith("stopped at step ") and "trainer.resume=true" in last_line, last_line
     stopped_at = int(last_line.split()[3].rstrip(":"))
-    assert 0 < stopped_at < STEPS and load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped_at
+    assert 6 <= stopped_at < STEPS and load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped_at
     assert "Traceback" not in out.read_text()
 
     process, out = start(run_dir, small_corpus, tmp_path)
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
     assert f"resumed from {run_dir}/checkpoints/last.pt at step {stopped_at}" in out.read_text()
-    assert_same_weights(final_weights(run_dir), reference)
+    assert_same_weights(final_weights(run_dir), uninterrupted)
 
 
 def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(small_corpus, tmp_path):

@@ -1,12 +1,20 @@
 """Corpus loading, SentencePiece caching, filtering and token batches, on real (small) Multi30k files."""
 
+import gzip
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from mt import config as config_module
 from mt import data
 from mt.data import DataConfig, TokenBatches
 from mt.files import InputError
-from mt.tokenizer import EOS_ID, PAD_ID, BOS_ID, TokenizerConfig, train_or_load
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_or_load
 
 
 def config(corpus, tmp_path, **overrides) -> DataConfig:
@@ -144,3 +152,44 @@ def test_collate_adds_bos_eos_and_pads(small_corpus, tmp_path):
     assert (batch.src == PAD_ID).sum() == batch.src.numel() - (len(row["src_ids"]) + len(train[1]["src_ids"]) + 2)
     truncated = data.collate(train, [0], max_len=4)
     assert truncated.src.tolist() == [row["src_ids"][:3] + [EOS_ID]]
+
+
+def test_gzipped_files_are_read_like_plain_ones(small_corpus, tmp_path):
+    for lang in ("de", "en"):
+        text = Path(f"{small_corpus['train']}.{lang}").read_bytes()
+        with gzip.open(tmp_path / f"zipped.{lang}.gz", "wb") as f:
+            f.write(text)
+    plain = data.load_corpus(config(small_corpus, tmp_path / "a"))["train"]
+    zipped = data.load_corpus(config({**small_corpus, "train": str(tmp_path / "zipped")}, tmp_path / "b"))["train"]
+    assert zipped["src"] == plain["src"] and zipped["tgt"] == plain["tgt"]
+
+
+@pytest.mark.parametrize("choice, first_source", [("multi30k_de_en", "Zwei junge weiße Männer"),
+                                                  ("multi30k_en_de", "Two young, White males")])
+def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, first_source, tmp_path, monkeypatch):
+    config_module.register()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name="train", overrides=[f"data={choice}",
+                                                                           f"data.cache_dir={tmp_path}"]))
+    monkeypatch.chdir(ROOT)  # the shipped config names the files relative to the checkout
+    corpus = data.load_corpus(cfg.data)
+    assert {name: len(split) for name, split in corpus.items()} == {
+        "train": 29000, "dev": 1014, "test_2016": 1000, "test_2017": 1000}
+    assert corpus["train"][0]["src"].startswith(first_source)
+
+
+def test_a_local_dataset_folder_loads_through_the_hub_code_path(tmp_path):
+    # The layout a Hub dataset has: one file per split, rows with a `translation` column.
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = {"train": [("ein Hund", "a dog"), ("eine Katze", "a cat")], "validation": [("ein Haus", "a house")],
+            "test": [("ein Baum", "a tree")]}
+    for split, pairs in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(
+            json.dumps({"translation": {"de": de, "en": en}}) + "\n" for de, en in pairs))
+    corpus = data.load_corpus(DataConfig(source="hub", hub_name=str(folder), cache_dir=str(tmp_path / "cache")))
+    assert set(corpus) == {"train", "dev", "test"}
+    assert corpus["train"]["src"] == ["ein Hund", "eine Katze"] and corpus["dev"]["tgt"] == ["a house"]
+    flipped = data.load_corpus(DataConfig(source="hub", hub_name=str(folder), src_lang="en", tgt_lang="de",
+                                          cache_dir=str(tmp_path / "cache")))
+    assert flipped["test"]["src"] == ["a tree"]

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
+
 from mt.checkpoint import load_checkpoint
 
 # No dropout: each process draws its own random masks, so only a dropout-free model can match bit for bit.

@@ -4,20 +4,23 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import asdict
 
 import pytest
 import torch
-
 from conftest import ROOT, multi30k_lines
+
 from mt import export
-from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from mt.files import InputError
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import BOS_ID, EOS_ID
-from mt.translate import TranslateConfig, Translator, load_translator
+from mt.translator import SearchSettings, Translator, load_model
 
-ctranslate2 = pytest.importorskip("ctranslate2")
+try:
+    import ctranslate2
+except ImportError:  # the deploy extra; `make` installs it
+    ctranslate2 = None
+needs_ctranslate2 = pytest.mark.skipif(ctranslate2 is None, reason="ctranslate2 is not installed")
 
 
 def export_cli(*args):
@@ -41,6 +44,7 @@ def ct2_greedy(model_dir, pieces: list[list[str]], max_positions: int) -> list[l
     return outputs
 
 
+@needs_ctranslate2
 @pytest.mark.parametrize("run", ["trained", "copy_model"])
 def test_greedy_output_equals_translate_token_for_token(request, tmp_path, run):
     # The briefly trained model repeats itself to the length limit; the copy model ends its outputs itself.
@@ -53,32 +57,33 @@ def test_greedy_output_equals_translate_token_for_token(request, tmp_path, run):
     assert (tmp_path / "ct2" / "spm.model").read_bytes() == load_checkpoint(checkpoint)["spm_model"]
 
     lines = multi30k_lines("test_2016_flickr", "de", 20) + multi30k_lines("val", "de", 20) + copy_sentences
-    model, tokenizer = load_translator(str(checkpoint), torch.device("cpu"))
-    ours = Translator(model, tokenizer, TranslateConfig(beam_size=1, precision="fp32"), torch.device("cpu"))
+    loaded = load_model(str(checkpoint), torch.device("cpu"))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ours = Translator(model, tokenizer, SearchSettings(beam_size=1), torch.device("cpu"), precision="fp32")
     expected = [tokenizer.pieces(hyps[0].tokens) for hyps in ours.translate(lines)]
     source_pieces = [tokenizer.pieces(ids) for ids in tokenizer.encode(lines)]
     assert ct2_greedy(tmp_path / "ct2", source_pieces, model.cfg.max_positions) == expected
 
 
-def _random_checkpoint(path, spm_model: bytes, vocab_size: int, pre_norm: bool, tie_embeddings: bool) -> Transformer:
+def _random_checkpoint(path, tokenizer, pre_norm: bool, tie_embeddings: bool) -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab_size, d_model=32, n_heads=4, encoder_layers=2, decoder_layers=3, ffn_dim=48,
-                      pre_norm=pre_norm, tie_embeddings=tie_embeddings, max_positions=128)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, encoder_layers=2, decoder_layers=3,
+                      ffn_dim=48, pre_norm=pre_norm, tie_embeddings=tie_embeddings, max_positions=128)
     model = Transformer(cfg).eval()
     with torch.no_grad():  # fresh LayerNorms are the identity; make them count
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.3 * torch.randn_like(p))
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": asdict(cfg), "spm_model": spm_model})
+    save_checkpoint(path, model_payload(model, tokenizer))
     return model
 
 
+@needs_ctranslate2
 @pytest.mark.parametrize("pre_norm, tie_embeddings", [(True, True), (True, False), (False, True), (False, False)])
 def test_every_layout_scores_the_same_log_probabilities(trained, tmp_path, pre_norm, tie_embeddings):
     """Teacher-forced log-probabilities of the export equal ours for pre-/post-norm, tied and untied models."""
-    spm_model = load_checkpoint(trained / "checkpoints" / "best.pt")["spm_model"]
-    _, tokenizer = load_translator(str(trained / "checkpoints" / "best.pt"), torch.device("cpu"))
-    model = _random_checkpoint(tmp_path / "random.pt", spm_model, tokenizer.vocab_size, pre_norm, tie_embeddings)
+    tokenizer = load_model(str(trained / "checkpoints" / "best.pt"), torch.device("cpu")).tokenizer
+    model = _random_checkpoint(tmp_path / "random.pt", tokenizer, pre_norm, tie_embeddings)
     export.export_ctranslate2(tmp_path / "random.pt", tmp_path / "ct2")
 
     sources = tokenizer.encode(multi30k_lines("val", "de", 4))
@@ -94,6 +99,7 @@ def test_every_layout_scores_the_same_log_probabilities(trained, tmp_path, pre_n
         assert torch.allclose(torch.tensor(theirs.log_probs), log_probs, atol=1e-4)
 
 
+@needs_ctranslate2
 def test_int8_export_translates(trained, tmp_path):
     result = export_cli(trained / "checkpoints" / "best.pt", tmp_path / "int8", "--quantization", "int8")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -101,6 +107,7 @@ def test_int8_export_translates(trained, tmp_path):
     assert output and "<pad>" not in output and "<s>" not in output
 
 
+@needs_ctranslate2
 @pytest.mark.parametrize("problem", ["missing_checkpoint", "bad_checkpoint", "existing_output", "not_a_model_dir"])
 def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
     (tmp_path / "junk.pt").write_bytes(b"junk")
@@ -120,6 +127,20 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
             "existing_output": "pass --force to replace it",
             "not_a_model_dir": "is not a CTranslate2 model"}[problem] in stderr
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+@needs_ctranslate2
+def test_force_replaces_an_earlier_export(trained, tmp_path):
+    checkpoint = trained / "checkpoints" / "best.pt"
+    assert export_cli(checkpoint, tmp_path / "ct2").returncode == 0
+    float32 = (tmp_path / "ct2" / "model.bin").stat().st_size
+    again = export_cli(checkpoint, tmp_path / "ct2", "--quantization", "int8")
+    assert again.returncode == 2 and "pass --force" in again.stderr
+    assert (tmp_path / "ct2" / "model.bin").stat().st_size == float32  # refused: untouched
+    forced = export_cli(checkpoint, tmp_path / "ct2", "--quantization", "int8", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (tmp_path / "ct2" / "model.bin").stat().st_size < float32 / 2  # replaced by the int8 export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct2"]  # no staging folder left
 
 
 def test_without_ctranslate2_the_error_says_what_to_install(monkeypatch, tmp_path):

@@ -1,35 +1,30 @@
-"""Which malloc serves the process: the trainer's advice and its heap trimming depend on it."""
-
-import glob
-import os
-import subprocess
-import sys
+"""Device and precision choices: what `auto` picks, and what is refused."""
 
 import pytest
+import torch
 
-from conftest import ROOT
+from mt.files import InputError
+from mt.hardware import cpu_has_bf16, select_device, select_precision
 
-ASK = "from mt.hardware import allocator; print(allocator())"
-# The folders the Makefile looks in.
-LIBRARY_FOLDERS = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]
-
-
-def allocator_of_a_process(preload: str | None = None) -> str:
-    env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
-    if preload:
-        env["LD_PRELOAD"] = preload
-    done = subprocess.run([sys.executable, "-c", ASK], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+EPYC = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+OLDER = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\nbugs\t\t: avx512_bf16_not_a_flag\n"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc is Linux's")
-def test_a_plain_process_runs_on_glibc():
-    assert allocator_of_a_process() == "glibc"
+def test_bf16_is_recognized_from_the_cpu_flags_alone():
+    assert cpu_has_bf16(EPYC) and cpu_has_bf16(EPYC.replace("avx512_bf16", "amx_bf16"))
+    assert not cpu_has_bf16(OLDER) and not cpu_has_bf16("")
 
 
-@pytest.mark.parametrize("name", ["tcmalloc", "jemalloc"])
-def test_a_preloaded_allocator_is_recognized(name):
-    found = [path for folder in LIBRARY_FOLDERS for path in sorted(glob.glob(f"{folder}/lib{name}*.so.[0-9]"))]
-    if not found:
-        pytest.skip(f"{name} is not installed here")
-    assert allocator_of_a_process(found[0]) == name
+def test_auto_precision_on_cpu_is_bf16_exactly_where_the_cpu_has_it():
+    cpu = torch.device("cpu")
+    assert select_precision("auto", cpu) == ("bf16" if cpu_has_bf16() else "fp32")
+    assert select_precision("fp32", cpu) == "fp32" and select_precision("bf16", cpu) == "bf16"
+    with pytest.raises(InputError, match="precision=fp16 needs CUDA"):
+        select_precision("fp16", cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_auto_is_the_cpu_and_cuda_is_refused_in_one_line():
+    assert select_device("auto") == torch.device("cpu")
+    with pytest.raises(InputError, match="device=cuda but no CUDA device is visible"):
+        select_device("cuda")

@@ -1,0 +1,108 @@
+"""A trained model that translates lines in memory: loading it from a checkpoint, the search settings, and the
+Translator that translate.py and training's evaluation both decode through."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from mt.checkpoint import load_checkpoint
+from mt.data import decoding_batches, pad_rows
+from mt.files import InputError
+from mt.hardware import autocast_for, select_precision
+from mt.model import ModelConfig, Transformer
+from mt.search import Hypothesis, beam_search, greedy_search, length_penalty
+from mt.tokenizer import EOS_ID, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSettings:
+    beam_size: int = 5  # 1 is greedy search (as training's evaluation decodes)
+    nbest: int = 1  # above 1, output lines are `i ||| translation ||| score`, best first
+    length_penalty: float = 0.6  # GNMT alpha: scores are log-probabilities / ((5 + length) / 6) ** alpha
+    max_len_a: float = 1.5  # at most a * source length + b output tokens
+    max_len_b: int = 10
+    batch_tokens: int = 4000  # source tokens per batch (sorted by length, written in input order); x beam_size rows
+    use_cache: bool = True  # the decoder's key/value cache (off only to measure what it saves)
+
+
+@dataclass
+class AlignmentHead:
+    """The cross-attention head a model was trained to align with (training's align.* settings)."""
+
+    layer: int  # counted from 0
+    head: int
+    shift: bool  # trained on the step where the target word is the decoder's input
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    alignment_head: Optional[AlignmentHead]
+
+
+def load_model(path: str, device: torch.device) -> LoadedModel:
+    """The model, tokenizer and alignment head of a checkpoint (it carries all three)."""
+    content = load_checkpoint(path, device)
+    try:
+        model = Transformer(ModelConfig(**content["model_config"]))
+        model.load_state_dict(content["model"])
+        tokenizer = Tokenizer(content["spm_model"])
+        head = content.get("alignment_head")
+        alignment_head = AlignmentHead(**head) if head else None
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise InputError(f"{path}: does not hold a model this toolkit can build ({str(e).splitlines()[0]})") from None
+    return LoadedModel(model.to(device).eval(), tokenizer, alignment_head)
+
+
+def encode_for_model(tokenizer: Tokenizer, lines: list[str], model: Transformer, name: str = "input",
+                     warn: bool = True) -> list[list[int]]:
+    """Subword ids of each line, cut to the model's positions (room left for EOS); one warning counts the cut
+    lines."""
+    ids = tokenizer.encode(lines)
+    limit = model.cfg.max_positions - 1
+    too_long = [i for i, row in enumerate(ids) if len(row) > limit]
+    if too_long and warn:
+        log.warning("%s: %d line(s) longer than %d subwords were read from their first %d (first: line %d)",
+                    name, len(too_long), limit, limit, too_long[0] + 1)
+    return [row[:limit] for row in ids]
+
+
+class Translator:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, settings: SearchSettings, device: torch.device,
+                 precision: str = "auto"):
+        self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
+        self.autocast = autocast_for(select_precision(precision, device), device)
+        if not 1 <= settings.nbest <= settings.beam_size:
+            raise InputError(f"nbest={settings.nbest} must be between 1 and beam_size={settings.beam_size}")
+
+    def best(self, lines: list[str]) -> list[str]:
+        """The best translation of each line, as text."""
+        return self.tokenizer.decode([hyps[0].tokens for hyps in self.translate(lines)])
+
+    def translate(self, lines: list[str], source_name: str = "input") -> list[list[Hypothesis]]:
+        """The n-best hypotheses of each line (best first), in input order; an empty line gets one empty one."""
+        ids = encode_for_model(self.tokenizer, lines, self.model, source_name)
+        results = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
+        for rows in decoding_batches(ids, self.settings.batch_tokens):
+            for row, hyps in zip(rows, self._translate_batch([ids[i] for i in rows])):
+                results[row] = hyps
+        return results
+
+    @torch.no_grad()
+    def _translate_batch(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
+        src = pad_rows(ids, [], [EOS_ID]).to(self.device)
+        s = self.settings
+        with self.autocast():
+            if s.beam_size > 1:
+                return beam_search(self.model, src, s.beam_size, s.nbest, s.length_penalty, s.max_len_a, s.max_len_b,
+                                   s.use_cache)
+            greedy = greedy_search(self.model, src, s.max_len_a, s.max_len_b)
+        return [[Hypothesis(t, lp, lp / length_penalty(len(t) + 1, s.length_penalty))]
+                for t, lp in zip(greedy.tokens, greedy.scores)]
