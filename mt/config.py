@@ -50,6 +50,10 @@ class TrainerConfig:
     device: Device = Device.auto
     precision: Precision = Precision.auto
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
+    # Above 0, an exponential moving average of the weights (this decay, warmed up) is evaluated beside them, and
+    # best.pt holds whichever scores higher on dev.
+    ema_decay: float = 0.0
+    keep_checkpoints: int = 5  # evaluation checkpoints kept as checkpoints/step_N.pt (scripts/average_checkpoints.py)
     # dev/test decoding: greedy, with translate.py's limits, so both decode the same batches
     eval_batch_tokens: int = SearchSettings.batch_tokens
     max_len_a: float = SearchSettings.max_len_a

@@ -48,6 +48,9 @@ class DataConfig:
     max_len: int = 128  # subword tokens per side, end-of-sentence included; longer training pairs are dropped
     max_len_ratio: float = 3.0  # drop training pairs whose longer side is more than this times the shorter
     batch_tokens: int = 4096  # padded tokens per batch (the longer side counts)
+    # Above 0, training text is segmented afresh each time it is read, sampled from the unigram model with
+    # SentencePiece's alpha (subword regularization, Kudo 2018); 0 reads the one best segmentation.
+    sampling_alpha: float = 0.0
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -233,6 +236,15 @@ def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = N
     """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
     rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
     return make_batch(rows["src_ids"], rows["tgt_ids"], max_len)
+
+
+def collate_sampled(split: datasets.Dataset, indices: list[int], tokenizer: Tokenizer, alpha: float, seed: int,
+                    max_len: int) -> Batch:
+    """Read rows `indices` as text and segment them afresh, sampled (the same seed, the same batch); each side
+    is cut to max_len tokens with its BOS or EOS (a sample can be longer than the best segmentation)."""
+    rows = split.select_columns(["src", "tgt"])[indices]
+    ids = tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
+    return make_batch(ids[:len(indices)], ids[len(indices):], max_len)
 
 
 def decoding_batches(src_ids: list[list[int]], max_tokens: int,

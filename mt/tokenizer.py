@@ -45,6 +45,13 @@ class Tokenizer:
     def encode(self, lines: list[str]) -> list[list[int]]:
         return self.sp.encode(lines)
 
+    def encode_sampled(self, lines: list[str], alpha: float, seed: int) -> list[list[int]]:
+        """A segmentation of each line sampled from the unigram model (subword regularization, Kudo 2018), with
+        probability proportional to p ** alpha over all segmentations; the same seed gives the same sample."""
+        spm.set_random_generator_seed(seed)
+        # One thread: SentencePiece seeds each new thread's generator from the seed above, in this thread alone.
+        return self.sp.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
+
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
 

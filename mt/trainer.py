@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from mt import data as corpus_data
 from mt import distributed
 from mt.allocator import allocator_report, release_free_memory
+from mt.averaging import ExponentialMovingAverage
 from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from mt.config import OptimConfig, Optimizer, TrainConfig
 from mt.evaluate import Scores, score
@@ -64,6 +66,9 @@ class Trainer:
         self.precision = select_precision(cfg.trainer.precision, self.device)
         self.autocast = autocast_for(self.precision, self.device)
         torch.manual_seed(cfg.trainer.seed)
+        if cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
+            raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
+                             f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
         if self.world.is_main:
             remove_partial_writes(self.ckpt_dir)  # left by a process killed while saving
 
@@ -77,8 +82,10 @@ class Trainer:
                 tokenizer.save(self.run_dir / "spm.model")
         self.tokenizer = Tokenizer(distributed.from_main(self.world, tokenizer.model_bytes if self.world.is_main
                                                          else None))
+        sampling = cfg.data.sampling_alpha > 0
         with distributed.main_first(self.world):
-            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train")
+            # Sampled segmentations are made from the text, so the training split keeps it then.
+            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or sampling)
                        for name, split in corpus.items()}
         # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
         self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
@@ -94,6 +101,8 @@ class Trainer:
         self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
         self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        t = cfg.trainer
+        self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.stale_evals = -1.0, 0
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
@@ -111,18 +120,34 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_bleu": self.best_bleu, "stale_evals": self.stale_evals,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
-    def _save(self, improved: bool, dev: Scores | None = None) -> None:
+    def _save(self, best: tuple[str, Scores] | None = None, dev: Scores | None = None) -> None:
+        """last.pt; after an evaluation (`dev`: the raw weights' scores) also checkpoints/step_N.pt, and best.pt
+        when `best` (which weights, their scores) is a new best."""
         content = self._checkpoint_content()
         # best.pt before last.pt: a crash between the two leaves last.pt older, and resuming from it redoes
         # this evaluation and writes best.pt again. The other order could leave a best.pt that resume never fixes.
-        if improved:
-            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "dev": dataclasses.asdict(dev)})
+        if best is not None:
+            weights, scores = best
+            model = content["model"]
+            if weights == "ema":
+                with self.ema.swapped_in(self.model):
+                    model = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "model": model, "weights": weights,
+                                                        "dev": dataclasses.asdict(scores)})
+        if dev is not None and self.cfg.trainer.keep_checkpoints > 0:
+            save_checkpoint(self.ckpt_dir / f"step_{self.step}.pt",
+                            {**model_payload(self.model, self.tokenizer), "step": self.step,
+                             "dev": dataclasses.asdict(dev)})
+            kept = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in kept[:-self.cfg.trainer.keep_checkpoints]:
+                old.unlink()
         save_checkpoint(self.ckpt_dir / "last.pt", content)
 
     def resume(self) -> None:
@@ -143,6 +168,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:
+            log.info("%s holds no weight average: the average starts from the resumed weights", path)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.stale_evals = state["best_bleu"], state["stale_evals"]
         torch.set_rng_state(state["rng"])
@@ -159,8 +188,17 @@ class Trainer:
             while self.batch_in_epoch < len(order):
                 indices = order[self.batch_in_epoch]
                 self.batch_in_epoch += 1
-                yield corpus_data.collate(self.train_split, indices)
+                yield self._collate(indices)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _collate(self, indices: list[int]) -> corpus_data.Batch:
+        alpha = self.cfg.data.sampling_alpha
+        if alpha <= 0:
+            return corpus_data.collate(self.train_split, indices)
+        # Seeded by the batch's place in training, so a resumed run samples what the uninterrupted one did.
+        where = [self.cfg.trainer.seed, self.epoch, self.batch_in_epoch, self.world.rank]
+        seed = int(np.random.SeedSequence(where).generate_state(1)[0])
+        return corpus_data.collate_sampled(self.train_split, indices, self.tokenizer, alpha, seed, self.max_len)
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
         """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
@@ -190,6 +228,8 @@ class Trainer:
         lr = self.schedule.get_last_lr()[0]
         self.schedule.step()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         return {"loss_sum": float(total_loss), "nll_sum": float(total_nll), "grad_norm": float(grad_norm), "lr": lr,
                 "tokens": tokens}
 
@@ -231,12 +271,20 @@ class Trainer:
     def _eval_and_save_main(self, writer: SummaryWriter) -> bool:
         dev = self.evaluate(self.dev_split)
         log.info("step %d dev %s", self.step, dev)
-        writer.add_scalar("dev/bleu", dev.bleu, self.step)
-        writer.add_scalar("dev/chrf", dev.chrf, self.step)
+        candidates = [("raw", dev)]
+        if self.ema is not None:
+            with self.ema.swapped_in(self.model):
+                candidates.append(("ema", self.evaluate(self.dev_split)))
+            log.info("step %d dev, weight average: %s", self.step, candidates[-1][1])
+        for weights, scores in candidates:
+            suffix = "_ema" if weights == "ema" else ""
+            writer.add_scalar(f"dev/bleu{suffix}", scores.bleu, self.step)
+            writer.add_scalar(f"dev/chrf{suffix}", scores.chrf, self.step)
         self.draw_heatmaps(writer)
-        improved = dev.bleu > self.best_bleu
-        self.best_bleu, self.stale_evals = (dev.bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
-        self._save(improved, dev)
+        best = max(candidates, key=lambda candidate: candidate[1].bleu)
+        improved = best[1].bleu > self.best_bleu
+        self.best_bleu, self.stale_evals = (best[1].bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
+        self._save(best if improved else None, dev)
         writer.flush()
         patience = self.cfg.trainer.patience
         return patience > 0 and self.stale_evals >= patience
@@ -308,7 +356,7 @@ class Trainer:
     def _stop_on_signal(self, signum: int | None, bar: tqdm, writer: SummaryWriter | None) -> None:
         bar.close()
         if self.world.is_main:
-            self._save(improved=False)
+            self._save()
             writer.close()
         raise Interrupted(f"stopped at step {self.step}: saved {self.ckpt_dir / 'last.pt'}; continue with "
                           "trainer.resume=true (and the same hydra.run.dir)", signum or 15)
@@ -317,7 +365,8 @@ class Trainer:
         best = load_checkpoint(self.ckpt_dir / "best.pt", self.device)
         self.model.load_state_dict(best["model"])
         results = {
-            "best_step": best["step"], "steps": self.step, "precision": self.precision,
+            "best_step": best["step"], "best_weights": best["weights"], "steps": self.step,
+            "precision": self.precision,
             "processes": self.world.size,
             "decoding": {"beam_size": 1, "max_len_a": self.cfg.trainer.max_len_a,
                          "max_len_b": self.cfg.trainer.max_len_b, "batch_tokens": self.cfg.trainer.eval_batch_tokens},

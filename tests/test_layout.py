@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ROOT
 
 # The jobs: one per command, composing the library. Every other module in mt/ is library.
-JOBS = {"trainer", "translate", "force_align", "export", "eval_alignment"}
+JOBS = {"trainer", "translate", "force_align", "export", "eval_alignment", "average_checkpoints"}
 ENTRY_POINTS = [ROOT / "train.py", ROOT / "translate.py", *sorted((ROOT / "scripts").glob("*.py"))]
 
 

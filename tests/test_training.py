@@ -51,16 +51,17 @@ def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_co
 
 
 
-def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(small_corpus, tmp_path):
+def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(small_corpus, tmp_path):
     def config(max_steps, resume):
         return TrainConfig(
             data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], cache_dir=str(tmp_path / "cache"),
-                            batch_tokens=1000, tokenizer=TokenizerConfig(vocab_size=300)),
-            model=ModelConfig(vocab_size=0, d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=64),
+                            batch_tokens=1000, tokenizer=TokenizerConfig(vocab_size=300), sampling_alpha=0.3),
+            model=ModelConfig(vocab_size=0, d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=64,
+                              activation_dropout=0.1),
             optim=OptimConfig(warmup_steps=5),
             # 300 pairs make ~13 batches: the interruption falls inside the second epoch
             trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False,
-                                  heatmap_sentences=0),
+                                  heatmap_sentences=0, ema_decay=0.9, keep_checkpoints=2),
         )
 
     run(config(27, resume=False), tmp_path / "whole")
@@ -68,7 +69,7 @@ def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(sm
     first_half = load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")
     assert first_half["step"] == 18 and first_half["epoch"] == 1
     results = run(config(27, resume=True), tmp_path / "parts")
-    assert results["steps"] == 27
+    assert results["steps"] == 27 and results["best_weights"] in ("raw", "ema")
 
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
     parts = load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")
@@ -76,7 +77,16 @@ def test_resumed_run_continues_the_step_count_and_equals_an_uninterrupted_one(sm
     assert (parts["epoch"], parts["batch_in_epoch"]) == (whole["epoch"], whole["batch_in_epoch"])
     for name, tensor in whole["model"].items():
         assert torch.equal(parts["model"][name], tensor), name
+    for name, tensor in whole["ema"]["weights"].items():
+        assert torch.equal(parts["ema"]["weights"][name], tensor), name
     assert torch.equal(parts["optimizer"]["state"][0]["exp_avg"], whole["optimizer"]["state"][0]["exp_avg"])
+    # The last two evaluation checkpoints are kept, and best.pt holds the weights that scored best on dev.
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("step_*.pt")) == ["step_18.pt",
+                                                                                            "step_27.pt"]
+    best = load_checkpoint(tmp_path / "whole" / "checkpoints" / "best.pt")
+    evaluations = [load_checkpoint(tmp_path / "whole" / "checkpoints" / f"step_{n}.pt")["dev"]["bleu"]
+                   for n in (18, 27)]
+    assert best["dev"]["bleu"] >= max(evaluations)
 
 
 def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
