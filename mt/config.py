@@ -15,6 +15,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from mt.aligner import LinkSettings
+from mt.alignment_training import AlignmentTrainingConfig
 from mt.data import DataConfig
 from mt.hardware import Device, Precision
 from mt.model import ModelConfig
@@ -68,6 +69,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    align: AlignmentTrainingConfig = field(default_factory=AlignmentTrainingConfig)
 
 
 @dataclass

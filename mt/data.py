@@ -75,12 +75,13 @@ def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
         raise InputError(f"data.{name} is not set: give a path prefix, e.g. data.{name}=corpus/{name} "
                          f"for corpus/{name}.{cfg.src_lang} and corpus/{name}.{cfg.tgt_lang}")
     return datasets.DatasetDict({
-        name: _load_file_pair(_language_file(prefix, cfg.src_lang), _language_file(prefix, cfg.tgt_lang), cfg.cache_dir)
+        name: _load_file_pair(language_file(prefix, cfg.src_lang), language_file(prefix, cfg.tgt_lang), cfg.cache_dir)
         for name, prefix in prefixes.items()
     })
 
 
-def _language_file(prefix: str, lang: str) -> str:
+def language_file(prefix: str, lang: str) -> str:
+    """PREFIX.LANG, or PREFIX.LANG.gz where only that exists."""
     plain = f"{prefix}.{lang}"
     return plain if Path(plain).exists() or not Path(plain + ".gz").exists() else plain + ".gz"
 
@@ -205,13 +206,15 @@ class Batch:
     src: torch.Tensor  # (B, S) ids + eos, padded
     tgt_in: torch.Tensor  # (B, T) bos + ids
     tgt_out: torch.Tensor  # (B, T) ids + eos
+    alignment: Optional[torch.Tensor] = None  # (B, T, S) gold links per decoder step, when an aligning head trains
 
     @property
     def target_tokens(self) -> int:
         return int(self.tgt_out.ne(PAD_ID).sum())
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+        alignment = self.alignment.to(device) if self.alignment is not None else None
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), alignment)
 
 
 def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
@@ -236,15 +239,6 @@ def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = N
     """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
     rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
     return make_batch(rows["src_ids"], rows["tgt_ids"], max_len)
-
-
-def collate_sampled(split: datasets.Dataset, indices: list[int], tokenizer: Tokenizer, alpha: float, seed: int,
-                    max_len: int) -> Batch:
-    """Read rows `indices` as text and segment them afresh, sampled (the same seed, the same batch); each side
-    is cut to max_len tokens with its BOS or EOS (a sample can be longer than the best segmentation)."""
-    rows = split.select_columns(["src", "tgt"])[indices]
-    ids = tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
-    return make_batch(ids[:len(indices)], ids[len(indices):], max_len)
 
 
 def decoding_batches(src_ids: list[list[int]], max_tokens: int,

@@ -1,22 +1,27 @@
 """The command behind scripts/eval_alignment.py: alignment error rate, precision and recall of predicted word
-alignments against a gold standard, both in Pharaoh form, with the monotone diagonal as the baseline."""
+alignments against a gold standard, beside the monotone diagonal and eflomal run on the same pairs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mt import cli
 from mt.align import alignment_error_rate, diagonal_links, read_pharaoh
+from mt.data import language_file
+from mt.eflomal_aligner import eflomal_links
 from mt.files import InputError, read_lines
 
 DESCRIPTION = """\
-Alignment error rate of predicted word alignments against a gold standard, both in Pharaoh form.
+Alignment error rate of predicted word alignments against a gold standard, all in Pharaoh form.
 
 GOLD: one line per sentence pair; `i-j` (or `i-jS`) is a sure link, `i?j`, `i-jP` or `i-jp` a possible one
-(source word i, target word j, counted from 0). PRED: `i-j` links, one line per pair. Prints AER, precision and
-recall (Och and Ney 2003); with --source and --target (the sentence pairs, whitespace words) also the same for
-the monotone diagonal alignment, the baseline a number should beat."""
+(source word i, target word j, counted from 0). PRED: `i-j` links, one line per pair; several files give a row
+each. Prints AER, precision and recall (Och and Ney 2003). With --source and --target (the sentence pairs,
+whitespace words), also the monotone diagonal alignment, the baseline a number should beat; with --eflomal
+PREFIX also eflomal (pip install '.[align]'), run on the gold pairs together with the corpus PREFIX.SRC and
+PREFIX.TGT (e.g. the model's training data), both directions symmetrized with grow-diag-final."""
 
 
 def read_alignments(path: str) -> list[tuple[set, set]]:
@@ -26,42 +31,64 @@ def read_alignments(path: str) -> list[tuple[set, set]]:
         raise InputError(str(e)) from None
 
 
-def read_pairs(source: str, target: str, count: int, gold: str) -> tuple[list[str], list[str]]:
-    sources, targets = list(read_lines(source)), list(read_lines(target))
+def read_pairs(args: argparse.Namespace, count: int) -> tuple[list[str], list[str]]:
+    if not (args.source and args.target):
+        raise InputError("--source and --target (the gold sentence pairs) are needed for the diagonal and eflomal")
+    sources, targets = list(read_lines(args.source)), list(read_lines(args.target))
     if not len(sources) == len(targets) == count:
-        raise InputError(f"{source}, {target} and {gold} must have as many lines "
+        raise InputError(f"{args.source}, {args.target} and {args.gold} must have as many lines "
                          f"({len(sources)}, {len(targets)}, {count})")
     return sources, targets
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, dict]:
-    """AER, precision, recall and link count of each aligner scored (the prediction, the diagonal)."""
-    gold, pred = read_alignments(args.gold), read_alignments(args.pred)
-    if len(gold) != len(pred):
-        raise InputError(f"{args.gold} has {len(gold)} lines but {args.pred} has {len(pred)}")
-    scores = {"alignment": alignment_error_rate(gold, [possible for _, possible in pred])}
-    if args.source and args.target:
-        sources, targets = read_pairs(args.source, args.target, len(gold), args.gold)
+def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, languages: list[str]) -> list[set]:
+    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first)."""
+    corpus = [list(read_lines(language_file(prefix, lang))) for lang in languages]
+    if len(corpus[0]) != len(corpus[1]):
+        raise InputError(f"{prefix}: {languages[0]} has {len(corpus[0])} lines but {languages[1]} {len(corpus[1])}")
+    return eflomal_links(sources + corpus[0], targets + corpus[1])[:len(sources)]
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
+    """AER, precision, recall and link count of each aligner (the diagonal, eflomal, each prediction file), and
+    the number of sentence pairs."""
+    gold = read_alignments(args.gold)
+    scores = {}
+    if args.source or args.target or args.eflomal:
+        sources, targets = read_pairs(args, len(gold))
         diagonal = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
         scores["diagonal"] = alignment_error_rate(gold, diagonal)
-    return scores
+        if args.eflomal:
+            scores["eflomal"] = alignment_error_rate(gold, eflomal_with_corpus(sources, targets, args.eflomal,
+                                                                               args.languages))
+    for path in args.pred:
+        pred = read_alignments(path)
+        if len(gold) != len(pred):
+            raise InputError(f"{args.gold} has {len(gold)} lines but {path} has {len(pred)}")
+        name = "alignment" if len(args.pred) == 1 else Path(path).name
+        scores[name] = alignment_error_rate(gold, [possible for _, possible in pred])
+    return scores, len(gold)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("gold")
-    parser.add_argument("pred")
-    parser.add_argument("--source", help="the source sentences, for the diagonal baseline")
-    parser.add_argument("--target", help="the target sentences, for the diagonal baseline")
+    parser.add_argument("pred", nargs="*", help="predicted alignments, one file per aligner")
+    parser.add_argument("--source", help="the gold's source sentences (for the diagonal and eflomal)")
+    parser.add_argument("--target", help="the gold's target sentences")
+    parser.add_argument("--eflomal", metavar="PREFIX", help="run eflomal on the gold pairs and PREFIX.SRC/.TGT")
+    parser.add_argument("--languages", nargs=2, default=["de", "en"], metavar=("SRC", "TGT"),
+                        help="the language suffixes of the --eflomal corpus (default: de en)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     with cli.one_line_errors():
-        scores = evaluate(args)
+        scores, sentences = evaluate(args)
     if args.json:
-        print(json.dumps({**scores["alignment"], "diagonal": scores.get("diagonal")}))
+        first = scores.get("alignment") or {}
+        print(json.dumps({**first, **{name: result for name, result in scores.items() if name != "alignment"}}))
         return 0
-    sentences = len(read_alignments(args.gold))
+    width = max(map(len, scores), default=9)
     for name, result in scores.items():
-        print(f"{name:<9}  AER {result['aer']:.4f}  precision {result['precision']:.4f}  "
+        print(f"{name:<{width}}  AER {result['aer']:.4f}  precision {result['precision']:.4f}  "
               f"recall {result['recall']:.4f}  ({result['links']} links, {sentences} sentences)")
     return 0

@@ -44,3 +44,15 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
     """logits (..., V), target (...). Returns the smoothed loss and the plain NLL (no gradient), both summed over
     non-pad targets. Equals torch's cross_entropy(label_smoothing=epsilon, reduction='sum', ignore_index=pad_id)."""
     return _LabelSmoothedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), epsilon, pad_id)
+
+
+def alignment_loss(attention: Tensor, gold: Tensor) -> Tensor:
+    """Cross-entropy of attention weights against gold alignment distributions (Garg et al. 2019), summed.
+
+    attention (..., S): a head's weights over source positions; gold (..., S): per decoder step, the gold links of
+    its target piece spread evenly over the linked source pieces, or a row of zeros where the piece has no link
+    (those rows add nothing). Computed in float32 at least; the weights are clamped away from 0 so a blocked
+    position never yields -inf.
+    """
+    attention = _at_least_float32(attention)
+    return -(gold.to(attention.dtype) * attention.clamp_min(1e-9).log()).sum()

@@ -148,7 +148,8 @@ class DecoderState:
 @dataclass
 class DecoderOutput:
     logits: Tensor  # (B, T, vocab)
-    cross_attention: list[Tensor] = field(default_factory=list)  # per layer (B, H, T, S), when asked for
+    # per layer asked for (every layer, or the one attention_layer names): (B, H, T, S)
+    cross_attention: list[Tensor] = field(default_factory=list)
 
 
 class Transformer(nn.Module):
@@ -193,17 +194,19 @@ class Transformer(nn.Module):
 
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor, need_attention: bool = False,
-        state: DecoderState | None = None, last_position_only: bool = False,
+        state: DecoderState | None = None, last_position_only: bool = False, attention_layer: int | None = None,
     ) -> DecoderOutput:
         """Logits for every target position, or with `last_position_only` for the last (all a search uses: the
-        output layer is the widest of the step)."""
+        output layer is the widest of the step); the cross-attention weights of every layer (`need_attention`)
+        or of one (`attention_layer`, counted from 0)."""
         start = state.step if state is not None else 0
         x = self._embed(self.tgt_embed, tgt_in, start)
         attention = []
         for i, layer in enumerate(self.decoder):
             caches = state.caches[i] if state is not None else None
-            x, weights = layer(x, memory, src_pad, caches, need_attention)
-            if need_attention:
+            wanted = need_attention or i == attention_layer
+            x, weights = layer(x, memory, src_pad, caches, wanted)
+            if wanted:
                 attention.append(weights)
         if state is not None:
             state.step += tgt_in.size(1)
@@ -211,9 +214,10 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return DecoderOutput(self.output(self.decoder_norm(x)), attention)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False) -> DecoderOutput:
+    def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,
+                attention_layer: int | None = None) -> DecoderOutput:
         memory, src_pad = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad, need_attention)
+        return self.decode(tgt_in, memory, src_pad, need_attention, attention_layer=attention_layer)
 
     def start_decoding(self, src: Tensor) -> DecoderState:
         memory, src_pad = self.encode(src)

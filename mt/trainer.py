@@ -24,22 +24,34 @@ from tqdm import tqdm
 
 from mt import data as corpus_data
 from mt import distributed
+from mt.alignment_training import (
+    LinkSource,
+    gold_distributions,
+    links_from_eflomal,
+    links_from_file,
+    links_from_model,
+    trained_head,
+)
 from mt.allocator import allocator_report, release_free_memory
 from mt.averaging import ExponentialMovingAverage
 from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from mt.config import OptimConfig, Optimizer, TrainConfig
+from mt.eflomal_aligner import INSTALL as EFLOMAL_INSTALL
+from mt.eflomal_aligner import eflomal_command
 from mt.evaluate import Scores, score
 from mt.files import InputError, remove_partial_writes, write_atomically
 from mt.hardware import autocast_for, peak_memory_mb, resident_memory_mb, select_device, select_precision
 from mt.heatmap import attention_figure
 from mt.interrupt import Interrupted, StopRequests
-from mt.loss import label_smoothed_cross_entropy
+from mt.loss import alignment_loss, label_smoothed_cross_entropy
 from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
 from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
-from mt.translator import SearchSettings, Translator
+from mt.translator import LoadedModel, SearchSettings, Translator
 
 log = logging.getLogger(__name__)
+
+WINDOW_SUMS = ("loss_sum", "nll_sum", "alignment_sum", "tokens")  # summed over the steps between two log lines
 
 
 # ---------------------------------------------------------------- optimization
@@ -82,14 +94,24 @@ class Trainer:
                 tokenizer.save(self.run_dir / "spm.model")
         self.tokenizer = Tokenizer(distributed.from_main(self.world, tokenizer.model_bytes if self.world.is_main
                                                          else None))
-        sampling = cfg.data.sampling_alpha > 0
+        self.alignment_head = (trained_head(cfg.align, cfg.model.decoder_layers, cfg.model.n_heads)
+                               if cfg.align.weight > 0 else None)
+        # Sampled segmentations and the model's own links are made from the text: the training split keeps it then.
+        keep_text = cfg.data.sampling_alpha > 0 or (self.alignment_head is not None and cfg.align.links == "self")
         with distributed.main_first(self.world):
-            # Sampled segmentations are made from the text, so the training split keeps it then.
-            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or sampling)
+            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
                        for name, split in corpus.items()}
+        train_split = encoded.pop("train")
+        if self.alignment_head is not None and cfg.align.links != LinkSource.self:
+            # Before filtering, so each pair keeps its links.
+            links = distributed.from_main(self.world, self._links(corpus["train"]) if self.world.is_main else None)
+            if links is None:
+                self.alignment_head = None
+            else:
+                train_split = train_split.add_column("links", links)
         # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
         self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
-        self.train_split = corpus_data.filter_pairs(encoded.pop("train"), self.max_len, cfg.data.max_len_ratio)
+        self.train_split = corpus_data.filter_pairs(train_split, self.max_len, cfg.data.max_len_ratio)
         self.dev_split = encoded.pop("dev")
         self.test_splits = encoded
         self.batches = corpus_data.TokenBatches.for_split(
@@ -115,7 +137,7 @@ class Trainer:
 
     def _checkpoint_content(self) -> dict:
         return {
-            **model_payload(self.model, self.tokenizer),
+            **model_payload(self.model, self.tokenizer, self.alignment_head if self._aligning() else None),
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -143,7 +165,8 @@ class Trainer:
                                                         "dev": dataclasses.asdict(scores)})
         if dev is not None and self.cfg.trainer.keep_checkpoints > 0:
             save_checkpoint(self.ckpt_dir / f"step_{self.step}.pt",
-                            {**model_payload(self.model, self.tokenizer), "step": self.step,
+                            {**model_payload(self.model, self.tokenizer,
+                                             self.alignment_head if self._aligning() else None), "step": self.step,
                              "dev": dataclasses.asdict(dev)})
             kept = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
             for old in kept[:-self.cfg.trainer.keep_checkpoints]:
@@ -193,28 +216,87 @@ class Trainer:
 
     def _collate(self, indices: list[int]) -> corpus_data.Batch:
         alpha = self.cfg.data.sampling_alpha
-        if alpha <= 0:
-            return corpus_data.collate(self.train_split, indices)
-        # Seeded by the batch's place in training, so a resumed run samples what the uninterrupted one did.
-        where = [self.cfg.trainer.seed, self.epoch, self.batch_in_epoch, self.world.rank]
-        seed = int(np.random.SeedSequence(where).generate_state(1)[0])
-        return corpus_data.collate_sampled(self.train_split, indices, self.tokenizer, alpha, seed, self.max_len)
+        if alpha > 0:
+            # Seeded by the batch's place in training, so a resumed run samples what the uninterrupted one did.
+            where = [self.cfg.trainer.seed, self.epoch, self.batch_in_epoch, self.world.rank]
+            seed = int(np.random.SeedSequence(where).generate_state(1)[0])
+            rows = self.train_split.select_columns(["src", "tgt"])[indices]
+            ids = self.tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
+            src_ids, tgt_ids = ids[:len(indices)], ids[len(indices):]
+        else:
+            rows = self.train_split.select_columns(["src_ids", "tgt_ids"])[indices]
+            src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
+        batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len)  # a sample may outgrow the best segmentation
+        if self._aligning():
+            links = self.train_split.select_columns(["links"])[indices]["links"]
+            batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
+                                                 batch.tgt_in.size(1))
+        return batch
+
+    # ------------------------------------------------------------ the alignment head's links
+
+    def _aligning(self) -> bool:
+        """Whether the alignment head trains now (its links are there)."""
+        return self.alignment_head is not None and "links" in self.train_split.column_names
+
+    def _links(self, train_split) -> list[str] | None:
+        """The links of the (unfiltered) training pairs from a file or eflomal, kept in the run directory so a
+        resumed run reads the same; None where eflomal is not installed (training goes on without the head)."""
+        saved = self.run_dir / "alignment_links.txt"
+        if self.cfg.trainer.resume and saved.is_file():
+            return saved.read_text(encoding="utf-8").splitlines()
+        a = self.cfg.align
+        if a.links == LinkSource.file:
+            if not a.links_file:
+                raise InputError("align.links=file needs align.links_file=PATH (Pharaoh lines, one per training pair)")
+            lines = links_from_file(a.links_file, len(train_split))
+        else:
+            if eflomal_command() is None:
+                log.warning("eflomal is not installed (%s): training without the alignment head; alignments will "
+                            "be read from attention", EFLOMAL_INSTALL)
+                return None
+            cache = Path(self.cfg.data.cache_dir) / "alignments" / f"eflomal-{train_split._fingerprint}.txt"
+            lines = links_from_eflomal(list(train_split["src"]), list(train_split["tgt"]), cache)
+        write_text(saved, "".join(line + "\n" for line in lines))
+        return lines
+
+    def _read_own_links(self) -> None:
+        """align.links=self: the model's own symmetrized shift-att links of the training pairs, from now on."""
+        saved = self.run_dir / "alignment_links.txt"
+        if saved.is_file() and self.cfg.trainer.resume:
+            lines = saved.read_text(encoding="utf-8").splitlines()
+        else:
+            log.info("step %d: reading the model's own links of %d training pairs", self.step, len(self.train_split))
+            self.model.eval()
+            loaded = LoadedModel(self.model, self.tokenizer, None)
+            lines = links_from_model(loaded, list(self.train_split["src"]), list(self.train_split["tgt"]),
+                                     self.cfg.align.reverse_checkpoint, self.cfg.trainer.eval_batch_tokens,
+                                     self.device, self.precision)
+            self.model.train()
+            if self.world.is_main:
+                write_text(saved, "".join(line + "\n" for line in lines))
+        self.train_split = self.train_split.add_column("links", lines)
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
         """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
         together, so N processes equal one process accumulating N times as many batches."""
         tokens = sum(b.target_tokens for b in batches)
         all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0]
-        total_loss = total_nll = 0.0
+        total_loss = total_nll = total_alignment = 0.0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
             # Gradients are exchanged once, with the last batch's backward.
             last = i == len(batches) - 1
             with contextlib.nullcontext() if last or not self.world.active else self.replicas.no_sync():
+                head = self.alignment_head if batch.alignment is not None else None
                 with self.autocast():
-                    logits = self.replicas(batch.src, batch.tgt_in).logits
-                loss, nll = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
+                    out = self.replicas(batch.src, batch.tgt_in, attention_layer=head.layer if head else None)
+                loss, nll = label_smoothed_cross_entropy(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
                                                          PAD_ID)
+                if head is not None:
+                    aligned = alignment_loss(out.cross_attention[0][:, head.head], batch.alignment)
+                    loss = loss + self.cfg.align.weight * aligned
+                    total_alignment = total_alignment + aligned.detach()
                 # DDP divides the summed gradients by the world size; multiplying by it here keeps the step
                 # the gradient of (all ranks' loss) / (all ranks' tokens). Both are powers of two in tests: exact.
                 self.scaler.scale(loss / all_tokens * self.world.size).backward()
@@ -230,8 +312,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        return {"loss_sum": float(total_loss), "nll_sum": float(total_nll), "grad_norm": float(grad_norm), "lr": lr,
-                "tokens": tokens}
+        return {"loss_sum": float(total_loss), "nll_sum": float(total_nll), "alignment_sum": float(total_alignment),
+                "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
 
     # ------------------------------------------------------------ evaluation
 
@@ -303,6 +385,32 @@ class Trainer:
             raise InputError("set trainer.max_steps or trainer.max_epochs (or both): training needs an end")
         return min(limits)
 
+    @staticmethod
+    def _new_window() -> dict:
+        return {**dict.fromkeys(WINDOW_SUMS, 0.0), "start": time.perf_counter()}
+
+    def _log_window(self, window: dict, stats: dict, writer: SummaryWriter | None, bar: tqdm) -> tuple[float, float]:
+        """Log the steps since the last log (all ranks' sums); returns their target tokens and seconds."""
+        seconds = time.perf_counter() - window["start"]
+        sums = dict(zip(WINDOW_SUMS, distributed.sum_over_ranks(self.world, [window[k] for k in WINDOW_SUMS],
+                                                                 self.device)))
+        tokens = sums["tokens"]
+        loss, nll, speed = sums["loss_sum"] / tokens, sums["nll_sum"] / tokens, tokens / seconds
+        if writer is not None:
+            scalars = {"loss": loss, "ppl": math.exp(min(nll, 50)), "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                       "tokens_per_s": speed, "memory_mb": resident_memory_mb()}
+            if self._aligning():
+                scalars["alignment_loss"] = sums["alignment_sum"] / tokens
+            for name, value in scalars.items():
+                writer.add_scalar(f"train/{name}", value, self.step)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
+        return tokens, seconds
+
+    def _needs_own_links(self) -> bool:
+        a = self.cfg.align
+        return (self.alignment_head is not None and a.links == LinkSource.self and not self._aligning()
+                and self.step >= a.start_step)
+
     def train(self) -> dict:
         """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
@@ -315,30 +423,23 @@ class Trainer:
         batches = self._micro_batches()
         bar = tqdm(total=total, initial=self.step, disable=not (t.progress and self.world.is_main), unit="step",
                    dynamic_ncols=True)
-        window = {"loss_sum": 0.0, "nll_sum": 0.0, "tokens": 0, "start": time.perf_counter()}
+        window = self._new_window()
         trained_tokens, trained_seconds = 0, 0.0
         stop_early = False
         self.model.train()
         with StopRequests() as stop:
             while self.step < total and not stop_early:
+                if self._needs_own_links():
+                    self._read_own_links()
                 stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
-                for key in ("loss_sum", "nll_sum", "tokens"):
+                for key in WINDOW_SUMS:
                     window[key] += stats[key]
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == total:
-                    seconds = time.perf_counter() - window["start"]
-                    loss_sum, nll_sum, tokens = distributed.sum_over_ranks(
-                        self.world, [window["loss_sum"], window["nll_sum"], window["tokens"]], self.device)
-                    loss, nll, speed = loss_sum / tokens, nll_sum / tokens, tokens / seconds
-                    if writer is not None:
-                        for name, value in (("loss", loss), ("ppl", math.exp(min(nll, 50))), ("lr", stats["lr"]),
-                                            ("grad_norm", stats["grad_norm"]), ("tokens_per_s", speed),
-                                            ("memory_mb", resident_memory_mb())):
-                            writer.add_scalar(f"train/{name}", value, self.step)
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
+                    tokens, seconds = self._log_window(window, stats, writer, bar)
                     trained_tokens, trained_seconds = trained_tokens + tokens, trained_seconds + seconds
                     release_free_memory()
-                    window = {"loss_sum": 0.0, "nll_sum": 0.0, "tokens": 0, "start": time.perf_counter()}
+                    window = self._new_window()
                 if self.step % t.eval_every == 0 or self.step == total:
                     bar.clear()
                     stop_early = self._eval_and_save(writer)

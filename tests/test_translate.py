@@ -45,7 +45,7 @@ def test_every_input_line_gets_one_output_and_one_alignment_line(trained, tmp_pa
         entry = dump[number]
         assert len(entry["attention"]) == len(entry["target_tokens"])
         assert all(len(row) == len(entry["source_tokens"]) for row in entry["attention"])
-        assert all(abs(sum(row) - 1) < 1e-3 for row in entry["attention"])
+        assert all(abs(sum(row) - 1) < 1e-2 for row in entry["attention"])  # one head's softmax, in bf16
 
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     events.Reload()
@@ -98,8 +98,8 @@ def test_a_model_trained_to_copy_aligns_each_word_to_itself(copy_model, tmp_path
     run_dir, test = copy_model
     (tmp_path / "test.de").write_text("\n".join(test) + "\n")
     result = translate_cli(f"checkpoint={run_dir}/checkpoints/best.pt", f"input={tmp_path}/test.de",
-                           f"output={tmp_path}/out", f"alignments={tmp_path}/out.align", "align.layer=-1",
-                           "align.shift=false")
+                           f"output={tmp_path}/out", f"alignments={tmp_path}/out.align", "align.method=attention",
+                           "align.layer=-1", "align.shift=false")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert (tmp_path / "out").read_text().splitlines() == test
     diagonal = "\n".join(" ".join(f"{i}-{i}" for i in range(len(s.split()))) for s in test) + "\n"

@@ -1,0 +1,116 @@
+"""Training one cross-attention head to align, in the same run as translation (guided alignment: Garg et al. 2019,
+as fairseq's joint alignment-translation, Marian's --guided-alignment and OpenNMT-py's lambda_align).
+
+The head's weights at the step where a target piece is the decoder's input are pulled toward the gold links of
+that piece: its word's linked source words, spread evenly over their pieces. The links of the training pairs come
+from a Pharaoh file, from eflomal, or from the model itself (its shift-att links, symmetrized with those of a model
+of the other direction, as Chen et al. 2020 train Shift-AET).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mt import align
+from mt.aligner import Direction, ForcedAligner, LinkSettings, Method, combine, flipped, reverse_aligner
+from mt.eflomal_aligner import eflomal_links
+from mt.files import InputError, read_lines
+from mt.tokenizer import Tokenizer
+from mt.translator import AlignmentHead, LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class LinkSource(str, Enum):
+    eflomal = "eflomal"  # eflomal on the training pairs, both directions symmetrized (pip install '.[align]')
+    file = "file"  # align.links_file: Pharaoh lines, one per training pair
+    self = "self"  # the model's own shift-att links at align.start_step (with align.reverse_checkpoint: both ways)
+
+
+@dataclass
+class AlignmentTrainingConfig:
+    weight: float = 0.05  # of the alignment loss beside the translation loss (per target token); 0: no head
+    layer: int = -2  # the decoder layer of the head (negative counts from the top)
+    head: int = 0
+    links: LinkSource = LinkSource.eflomal
+    links_file: Optional[str] = None  # links=file
+    reverse_checkpoint: Optional[str] = None  # links=self: a target -> source model, for symmetrized links
+    start_step: int = 2500  # links=self: when the model's own links are read and the head starts training
+
+
+def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int) -> AlignmentHead:
+    if not -decoder_layers <= cfg.layer < decoder_layers:
+        raise InputError(f"align.layer={cfg.layer} does not exist: the model has {decoder_layers} decoder layers")
+    if not 0 <= cfg.head < n_heads:
+        raise InputError(f"align.head={cfg.head} does not exist: the model has {n_heads} heads")
+    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True)
+
+
+def links_from_file(path: str, pairs: int) -> list[str]:
+    """The Pharaoh lines of a file with one line per training pair, each checked."""
+    lines = list(read_lines(path))
+    if len(lines) != pairs:
+        raise InputError(f"{path} has {len(lines)} lines but the training data has {pairs} pairs")
+    for number, line in enumerate(lines, start=1):
+        try:
+            align.read_pharaoh(line, f"{path}:{number}")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    return lines
+
+
+def links_from_eflomal(sources: list[str], targets: list[str], cache: Path) -> list[str]:
+    """eflomal's symmetrized links of the pairs, kept in `cache` (eflomal samples: a rerun would differ)."""
+    if cache.is_file():
+        log.info("alignment links: reusing %s", cache)
+        return cache.read_text(encoding="utf-8").splitlines()
+    lines = [align.to_pharaoh(links) for links in eflomal_links(sources, targets)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return lines
+
+
+def links_from_model(loaded: LoadedModel, sources: list[str], targets: list[str], reverse_checkpoint: Optional[str],
+                     batch_tokens: int, device: torch.device, precision: str) -> list[str]:
+    """The model's own shift-att links of the pairs (the default layer, heads averaged), symmetrized
+    (grow-diag-final) with those of reverse_checkpoint where one is given."""
+    settings = LinkSettings(method=Method.attention, shift=True,
+                            direction=Direction.both if reverse_checkpoint else Direction.forward,
+                            reverse_checkpoint=reverse_checkpoint)
+    forward = ForcedAligner(loaded, settings, batch_tokens, device, precision).links(sources, targets)
+    reverse = reverse_aligner(settings, batch_tokens, device, precision)
+    links = combine(settings, forward, flipped(reverse.links(targets, sources)) if reverse else None)
+    return [align.to_pharaoh(pair) for pair in links]
+
+
+def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links: list[str],
+                       tokenizer: Tokenizer, src_len: int, tgt_len: int) -> Tensor:
+    """(pairs, tgt_len, src_len): row t + 1 is the gold distribution of target piece t over the source pieces
+    (the step where piece t is the decoder's input: shift-att), evenly spread over the pieces of the source words
+    linked to its word; rows of unlinked pieces, BOS's and padding stay zero."""
+    gold = torch.zeros(len(links), tgt_len, src_len)
+    for row, (src, tgt, line) in enumerate(zip(src_ids, tgt_ids, links)):
+        pairs = align.read_pharaoh(line)[1]
+        if not pairs or not src or not tgt:
+            continue
+        src_words = torch.tensor(align.word_index(tokenizer.pieces(src)))
+        tgt_words = torch.tensor(align.word_index(tokenizer.pieces(tgt)))
+        n_src, n_tgt = int(src_words.max()) + 1, int(tgt_words.max()) + 1
+        linked = torch.zeros(n_tgt, n_src)
+        for i, j in pairs:
+            if i < n_src and j < n_tgt:  # a pair cut to the model's positions loses its last words
+                linked[j, i] = 1.0
+        counts = linked[tgt_words.clamp_min(0)][:, src_words.clamp_min(0)]  # (target pieces, source pieces)
+        counts[tgt_words < 0] = 0.0
+        counts[:, src_words < 0] = 0.0
+        rows = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+        t, s = min(len(tgt), tgt_len - 1), min(len(src), src_len)
+        gold[row, 1:t + 1, :s] = rows[:t, :s]
+    return gold

@@ -1,0 +1,150 @@
+"""The alignment head: its loss against a float64 reference, the gold distributions it learns, its training on a
+tiny corpus, and eflomal as a source of links (run as a program of its own)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, copy_sentences, write_pair
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mt.alignment_training import gold_distributions
+from mt.config import OptimConfig, TrainConfig, TrainerConfig
+from mt.data import DataConfig
+from mt.eflomal_aligner import eflomal_command, eflomal_links
+from mt.files import InputError
+from mt.loss import alignment_loss
+from mt.model import ModelConfig
+from mt.tokenizer import TokenizerConfig
+from mt.trainer import run
+from mt.translator import load_model
+
+needs_eflomal = pytest.mark.skipif(eflomal_command() is None, reason="eflomal is not installed (the align extra)")
+
+
+def test_the_alignment_loss_equals_a_float64_reference_and_passes_gradcheck():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    attention = scores.softmax(dim=-1)
+    gold = torch.zeros(3, 5, 7, dtype=torch.float64)
+    for b, t, links in ((0, 1, [2]), (0, 2, [3, 4]), (1, 4, [0, 1, 6]), (2, 3, [5])):
+        gold[b, t, links] = 1.0 / len(links)
+    expected = 0.0
+    for b in range(3):
+        for t in range(5):
+            for s in range(7):
+                if gold[b, t, s] > 0:
+                    expected -= gold[b, t, s].item() * torch.log(attention[b, t, s]).item()
+    assert alignment_loss(attention, gold).item() == pytest.approx(expected, rel=1e-12)
+    assert alignment_loss(attention.float(), gold.float()).dtype == torch.float32
+    assert torch.autograd.gradcheck(lambda x: alignment_loss(x.softmax(dim=-1), gold), (scores,))
+    # Rows without links add nothing: their gradient is zero.
+    alignment_loss(attention, gold).backward()
+    assert scores.grad[0, 0].abs().max() == 0 and scores.grad[0, 1].abs().max() > 0
+
+
+class Pieces:
+    """A stand-in vocabulary: id -> SentencePiece piece, for hand-made examples."""
+
+    def __init__(self, pieces):
+        self.table = pieces
+
+    def pieces(self, ids):
+        return [self.table[i] for i in ids]
+
+
+def test_gold_distributions_spread_each_target_pieces_links_over_the_source_pieces_at_its_input_step():
+    vocab = Pieces(["▁Hund", "e", "▁laufen", "▁dog", "s", "▁run", "▁fast"])
+    # Hunde laufen / dogs run fast: Hunde-dogs, laufen-run; "fast" has no link.
+    gold = gold_distributions([[0, 1, 2]], [[3, 4, 5, 6]], ["0-0 1-1"], vocab, src_len=4, tgt_len=6)
+    expected = torch.zeros(1, 6, 4)
+    expected[0, 1, :2] = expected[0, 2, :2] = 0.5  # ▁dog and s (steps 1, 2): the two pieces of Hunde
+    expected[0, 3, 2] = 1.0  # ▁run (step 3): laufen
+    torch.testing.assert_close(gold, expected)  # step 0 (BOS), ▁fast's step 4, padding step 5: zero
+
+
+def copy_training(tmp_path, **align) -> TrainConfig:
+    train = copy_sentences(600, seed=0)
+    prefix = write_pair(tmp_path / "data", "train", train, train)
+    (tmp_path / "diagonal.align").write_text("".join(" ".join(f"{i}-{i}" for i in range(len(s.split()))) + "\n"
+                                                     for s in train))
+    config = TrainConfig(
+        data=DataConfig(train=prefix, dev=prefix, cache_dir=str(tmp_path / "cache"), batch_tokens=800,
+                        tokenizer=TokenizerConfig(vocab_size=60)),
+        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
+                          dropout=0.0),
+        optim=OptimConfig(lr=3e-3, warmup_steps=50),
+        trainer=TrainerConfig(max_steps=300, eval_every=300, log_every=50, label_smoothing=0.0, progress=False,
+                              heatmap_sentences=0),
+    )
+    config.align.weight, config.align.links, config.align.links_file = 0.5, "file", str(tmp_path / "diagonal.align")
+    for key, value in align.items():
+        setattr(config.align, key, value)
+    return config
+
+
+def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
+    # Links that attention would never find by itself: each word to the first word of its sentence.
+    config = copy_training(tmp_path, layer=0, head=1)
+    train = copy_sentences(600, seed=0)
+    (tmp_path / "first.align").write_text("".join(" ".join(f"0-{j}" for j in range(len(s.split()))) + "\n"
+                                                  for s in train))
+    config.align.links_file = str(tmp_path / "first.align")
+    run(config, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/alignment_loss")]
+    assert len(losses) == 6 and losses[-1] < losses[0] / 10
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert load_model(str(checkpoint), torch.device("cpu")).alignment_head.__dict__ == {
+        "layer": 0, "head": 1, "shift": True}
+    test = copy_sentences(10, seed=1)
+    (tmp_path / "test.de").write_text("\n".join(test) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "align.py"), f"checkpoint={checkpoint}",
+                           f"source={tmp_path}/test.de", f"target={tmp_path}/test.de"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [" ".join(f"0-{j}" for j in range(len(s.split()))) for s in test]
+
+
+def test_a_links_file_of_the_wrong_length_is_refused_in_one_line(tmp_path):
+    config = copy_training(tmp_path)
+    (tmp_path / "short.align").write_text("0-0\n")
+    config.align.links_file = str(tmp_path / "short.align")
+    with pytest.raises(InputError, match=r"short.align has 1 lines but the training data has 600 pairs"):
+        run(config, tmp_path / "run")
+
+
+@needs_eflomal
+def test_eflomal_links_are_read_mapped_to_words_and_symmetrized(tmp_path):
+    # Copies of sentences of distinct words: both directions, and so their symmetrization, are the diagonal;
+    # a word with punctuation attached is one word to us, two tokens to eflomal.
+    sentences = [s + " ." if n % 3 else s.replace(" ", ", ", 1) + "." for n, s in enumerate(copy_sentences(300, 0))]
+    links = eflomal_links(sentences, sentences)
+    assert len(links) == len(sentences)
+    agree = sum(found == {(i, i) for i in range(len(s.split()))} for found, s in zip(links, sentences))
+    assert agree >= 0.95 * len(sentences)
+
+
+@needs_eflomal
+def test_eval_alignment_runs_eflomal_beside_the_prediction_and_the_diagonal(tmp_path):
+    sentences = copy_sentences(200, seed=3)
+    prefix = write_pair(tmp_path, "corpus", sentences, sentences)
+    gold = copy_sentences(5, seed=4)
+    (tmp_path / "gold.de").write_text("\n".join(gold) + "\n")
+    (tmp_path / "gold.align").write_text("".join(" ".join(f"{i}-{i}" for i in range(len(s.split()))) + "\n"
+                                                 for s in gold))
+    (tmp_path / "first.align").write_text("".join(" ".join(f"0-{j}" for j in range(len(s.split()))) + "\n"
+                                                  for s in gold))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold.align"),
+                           str(tmp_path / "first.align"), "--source", str(tmp_path / "gold.de"), "--target",
+                           str(tmp_path / "gold.de"), "--eflomal", prefix, "--languages", "de", "en", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads(done.stdout)
+    assert scores["diagonal"]["aer"] == 0.0 and scores["eflomal"]["aer"] < 0.1
+    assert scores["aer"] > 0.5  # the prediction: every word to the first
