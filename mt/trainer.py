@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -24,20 +23,11 @@ from tqdm import tqdm
 
 from mt import data as corpus_data
 from mt import distributed
-from mt.alignment_training import (
-    LinkSource,
-    gold_distributions,
-    links_from_eflomal,
-    links_from_file,
-    links_from_model,
-    trained_head,
-)
+from mt.alignment_training import LinkSource, links_from_model, trained_head
 from mt.allocator import allocator_report, release_free_memory
 from mt.averaging import ExponentialMovingAverage
 from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from mt.config import OptimConfig, Optimizer, TrainConfig
-from mt.eflomal_aligner import INSTALL as EFLOMAL_INSTALL
-from mt.eflomal_aligner import eflomal_command
 from mt.evaluate import Scores, score
 from mt.files import InputError, remove_partial_writes, write_atomically
 from mt.hardware import autocast_for, peak_memory_mb, resident_memory_mb, select_device, select_precision
@@ -46,7 +36,8 @@ from mt.interrupt import Interrupted, StopRequests
 from mt.loss import alignment_loss, label_smoothed_cross_entropy
 from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
-from mt.tokenizer import PAD_ID, Tokenizer, train_or_load
+from mt.tokenizer import PAD_ID
+from mt.training_data import TrainingData
 from mt.translator import LoadedModel, SearchSettings, Translator
 
 log = logging.getLogger(__name__)
@@ -78,45 +69,15 @@ class Trainer:
         self.precision = select_precision(cfg.trainer.precision, self.device)
         self.autocast = autocast_for(self.precision, self.device)
         torch.manual_seed(cfg.trainer.seed)
-        if cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
-            raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
-                             f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
         if self.world.is_main:
             remove_partial_writes(self.ckpt_dir)  # left by a process killed while saving
 
-        # Rank 0 reads the corpus and trains SentencePiece first, filling the caches the others then read.
-        with distributed.main_first(self.world):
-            corpus = corpus_data.load_corpus(cfg.data)
-            if self.world.is_main:
-                tokenizer = train_or_load(
-                    corpus_data.texts(corpus["train"]), corpus_data.corpus_fingerprint(corpus["train"]),
-                    cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
-                tokenizer.save(self.run_dir / "spm.model")
-        self.tokenizer = Tokenizer(distributed.from_main(self.world, tokenizer.model_bytes if self.world.is_main
-                                                         else None))
+        aligning = cfg.align.weight > 0
+        self.data = TrainingData(cfg, self.world, self.run_dir, aligning)
+        self.tokenizer = self.data.tokenizer
+        own_links = cfg.align.links == LinkSource.self
         self.alignment_head = (trained_head(cfg.align, cfg.model.decoder_layers, cfg.model.n_heads)
-                               if cfg.align.weight > 0 else None)
-        # Sampled segmentations and the model's own links are made from the text: the training split keeps it then.
-        keep_text = cfg.data.sampling_alpha > 0 or (self.alignment_head is not None and cfg.align.links == "self")
-        with distributed.main_first(self.world):
-            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
-                       for name, split in corpus.items()}
-        train_split = encoded.pop("train")
-        if self.alignment_head is not None and cfg.align.links != LinkSource.self:
-            # Before filtering, so each pair keeps its links.
-            links = distributed.from_main(self.world, self._links(corpus["train"]) if self.world.is_main else None)
-            if links is None:
-                self.alignment_head = None
-            else:
-                train_split = train_split.add_column("links", links)
-        # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
-        self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
-        self.train_split = corpus_data.filter_pairs(train_split, self.max_len, cfg.data.max_len_ratio)
-        self.dev_split = encoded.pop("dev")
-        self.test_splits = encoded
-        self.batches = corpus_data.TokenBatches.for_split(
-            self.train_split, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed,
-            rank=self.world.rank, world_size=self.world.size)
+                               if aligning and (own_links or self.data.has_links) else None)
 
         self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=PAD_ID)
         self.model = Transformer(self.model_cfg).to(self.device)
@@ -207,75 +168,29 @@ class Trainer:
     def _micro_batches(self):
         """Training batches in order, forever, from the current (epoch, batch_in_epoch)."""
         while True:
-            order = self.batches.epoch(self.epoch)
+            order = self.data.batches.epoch(self.epoch)
             while self.batch_in_epoch < len(order):
                 indices = order[self.batch_in_epoch]
                 self.batch_in_epoch += 1
-                yield self._collate(indices)
+                yield self.data.batch(indices, self.epoch, self.batch_in_epoch - 1)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-    def _collate(self, indices: list[int]) -> corpus_data.Batch:
-        alpha = self.cfg.data.sampling_alpha
-        if alpha > 0:
-            # Seeded by the batch's place in training, so a resumed run samples what the uninterrupted one did.
-            where = [self.cfg.trainer.seed, self.epoch, self.batch_in_epoch, self.world.rank]
-            seed = int(np.random.SeedSequence(where).generate_state(1)[0])
-            rows = self.train_split.select_columns(["src", "tgt"])[indices]
-            ids = self.tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
-            src_ids, tgt_ids = ids[:len(indices)], ids[len(indices):]
-        else:
-            rows = self.train_split.select_columns(["src_ids", "tgt_ids"])[indices]
-            src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
-        batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len)  # a sample may outgrow the best segmentation
-        if self._aligning():
-            links = self.train_split.select_columns(["links"])[indices]["links"]
-            batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
-                                                 batch.tgt_in.size(1))
-        return batch
-
-    # ------------------------------------------------------------ the alignment head's links
 
     def _aligning(self) -> bool:
         """Whether the alignment head trains now (its links are there)."""
-        return self.alignment_head is not None and "links" in self.train_split.column_names
-
-    def _links(self, train_split) -> list[str] | None:
-        """The links of the (unfiltered) training pairs from a file or eflomal, kept in the run directory so a
-        resumed run reads the same; None where eflomal is not installed (training goes on without the head)."""
-        saved = self.run_dir / "alignment_links.txt"
-        if self.cfg.trainer.resume and saved.is_file():
-            return saved.read_text(encoding="utf-8").splitlines()
-        a = self.cfg.align
-        if a.links == LinkSource.file:
-            if not a.links_file:
-                raise InputError("align.links=file needs align.links_file=PATH (Pharaoh lines, one per training pair)")
-            lines = links_from_file(a.links_file, len(train_split))
-        else:
-            if eflomal_command() is None:
-                log.warning("eflomal is not installed (%s): training without the alignment head; alignments will "
-                            "be read from attention", EFLOMAL_INSTALL)
-                return None
-            cache = Path(self.cfg.data.cache_dir) / "alignments" / f"eflomal-{train_split._fingerprint}.txt"
-            lines = links_from_eflomal(list(train_split["src"]), list(train_split["tgt"]), cache)
-        write_text(saved, "".join(line + "\n" for line in lines))
-        return lines
+        return self.alignment_head is not None and self.data.has_links
 
     def _read_own_links(self) -> None:
         """align.links=self: the model's own symmetrized shift-att links of the training pairs, from now on."""
-        saved = self.run_dir / "alignment_links.txt"
-        if saved.is_file() and self.cfg.trainer.resume:
-            lines = saved.read_text(encoding="utf-8").splitlines()
-        else:
-            log.info("step %d: reading the model's own links of %d training pairs", self.step, len(self.train_split))
+        lines = self.data.saved_links()
+        if lines is None:
+            log.info("step %d: reading the model's own links of %d training pairs", self.step, len(self.data.train))
             self.model.eval()
-            loaded = LoadedModel(self.model, self.tokenizer, None)
-            lines = links_from_model(loaded, list(self.train_split["src"]), list(self.train_split["tgt"]),
-                                     self.cfg.align.reverse_checkpoint, self.cfg.trainer.eval_batch_tokens,
-                                     self.device, self.precision)
+            lines = links_from_model(LoadedModel(self.model, self.tokenizer, None), list(self.data.train["src"]),
+                                     list(self.data.train["tgt"]), self.cfg.align.reverse_checkpoint,
+                                     self.cfg.trainer.eval_batch_tokens, self.device, self.precision)
             self.model.train()
-            if self.world.is_main:
-                write_text(saved, "".join(line + "\n" for line in lines))
-        self.train_split = self.train_split.add_column("links", lines)
+            self.data.save_links(lines)
+        self.data.add_links(lines)
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
         """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
@@ -330,11 +245,11 @@ class Trainer:
 
     @torch.no_grad()
     def draw_heatmaps(self, writer: SummaryWriter) -> None:
-        count = min(self.cfg.trainer.heatmap_sentences, len(self.dev_split))
+        count = min(self.cfg.trainer.heatmap_sentences, len(self.data.dev))
         if count == 0:
             return
         self.model.eval()
-        batch = corpus_data.collate(self.dev_split, list(range(count)), self.max_len).to(self.device)
+        batch = corpus_data.collate(self.data.dev, list(range(count)), self.data.max_len).to(self.device)
         outputs = greedy_search(self.model, batch.src, self.cfg.trainer.max_len_a, self.cfg.trainer.max_len_b).tokens
         attention = score_outputs(self.model, batch.src, outputs, need_attention=True).attention
         for i in range(count):
@@ -351,12 +266,12 @@ class Trainer:
         return distributed.from_main(self.world, stop)
 
     def _eval_and_save_main(self, writer: SummaryWriter) -> bool:
-        dev = self.evaluate(self.dev_split)
+        dev = self.evaluate(self.data.dev)
         log.info("step %d dev %s", self.step, dev)
         candidates = [("raw", dev)]
         if self.ema is not None:
             with self.ema.swapped_in(self.model):
-                candidates.append(("ema", self.evaluate(self.dev_split)))
+                candidates.append(("ema", self.evaluate(self.data.dev)))
             log.info("step %d dev, weight average: %s", self.step, candidates[-1][1])
         for weights, scores in candidates:
             suffix = "_ema" if weights == "ema" else ""
@@ -374,7 +289,7 @@ class Trainer:
     # ------------------------------------------------------------ loop
 
     def _steps_per_epoch(self) -> int:
-        return max(1, len(self.batches.epoch(0)) // self.cfg.trainer.accum_steps)
+        return max(1, len(self.data.batches.epoch(0)) // self.cfg.trainer.accum_steps)
 
     def _total_steps(self) -> int:
         t = self.cfg.trainer
@@ -474,7 +389,7 @@ class Trainer:
             "train_target_tokens_per_s": round(tokens_per_s, 1),
             "dev": best["dev"], "test": {},
         }
-        for name, split in self.test_splits.items():
+        for name, split in self.data.tests.items():
             scores = self.evaluate(split)
             log.info("test %s (best checkpoint, step %d): %s", name, best["step"], scores)
             writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])

@@ -7,6 +7,7 @@ import torch
 from conftest import TINY, corpus_overrides, multi30k_lines, train_cli, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mt.alignment_training import AlignmentTrainingConfig
 from mt.checkpoint import load_checkpoint
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
@@ -62,6 +63,7 @@ def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(sma
             # 300 pairs make ~13 batches: the interruption falls inside the second epoch
             trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False,
                                   heatmap_sentences=0, ema_decay=0.9, keep_checkpoints=2),
+            align=AlignmentTrainingConfig(layer=-1),  # the one decoder layer
         )
 
     run(config(27, resume=False), tmp_path / "whole")
@@ -159,6 +161,7 @@ def tiny_config(corpus, tmp_path, optim=None, **trainer) -> TrainConfig:
         optim=optim or OptimConfig(warmup_steps=5),
         trainer=TrainerConfig(**{"max_steps": 3, "eval_every": 3, "progress": False, "heatmap_sentences": 0,
                                  **trainer}),
+        align=AlignmentTrainingConfig(weight=0.0),
     )
 
 

@@ -1,0 +1,130 @@
+"""The corpus as training reads it: the SentencePiece model, the training pairs encoded, filtered and batched by
+length (with the alignment head's links beside them), the dev and test splits, and each batch as tensors, its
+segmentation sampled afresh where subword sampling is on.
+
+Under torchrun, rank 0 reads the corpus, trains SentencePiece and runs eflomal first, filling the caches the other
+processes then read; the SentencePiece model and the links travel to them from rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mt import data as corpus_data
+from mt import distributed
+from mt.alignment_training import LinkSource, gold_distributions, links_from_eflomal, links_from_file
+from mt.config import TrainConfig
+from mt.eflomal_aligner import INSTALL as EFLOMAL_INSTALL
+from mt.eflomal_aligner import eflomal_command
+from mt.files import InputError, write_atomically
+from mt.tokenizer import Tokenizer, train_or_load
+
+log = logging.getLogger(__name__)
+
+
+class TrainingData:
+    def __init__(self, cfg: TrainConfig, world: distributed.World, run_dir: Path, aligning: bool):
+        """`aligning`: an alignment head trains, so the training pairs need links (from a file or eflomal now,
+        or from the model later: `add_links`). Where eflomal is missing, `aligning` turns False."""
+        self.cfg, self.world, self.run_dir = cfg, world, run_dir
+        if cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
+            raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
+                             f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
+        with distributed.main_first(world):
+            corpus = corpus_data.load_corpus(cfg.data)
+            if world.is_main:
+                tokenizer = train_or_load(
+                    corpus_data.texts(corpus["train"]), corpus_data.corpus_fingerprint(corpus["train"]),
+                    cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
+                tokenizer.save(run_dir / "spm.model")
+        self.tokenizer = Tokenizer(distributed.from_main(world, tokenizer.model_bytes if world.is_main else None))
+
+        own_links = aligning and cfg.align.links == LinkSource.self
+        # Sampled segmentations and the model's own links are made from the text: the training split keeps it then.
+        keep_text = cfg.data.sampling_alpha > 0 or own_links
+        with distributed.main_first(world):
+            encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
+                       for name, split in corpus.items()}
+        train = encoded.pop("train")
+        if aligning and not own_links:
+            # Read before filtering, so each pair keeps its links.
+            links = distributed.from_main(world, self._links(corpus["train"]) if world.is_main else None)
+            if links is not None:
+                train = train.add_column("links", links)
+        # A sequence may not outgrow the model's positions: EOS (source) and BOS (target) take one each.
+        self.max_len = min(cfg.data.max_len, cfg.model.max_positions)
+        self.train = corpus_data.filter_pairs(train, self.max_len, cfg.data.max_len_ratio)
+        self.dev = encoded.pop("dev")
+        self.tests = encoded
+        self.batches = corpus_data.TokenBatches.for_split(
+            self.train, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
+            world_size=world.size)
+
+    @property
+    def has_links(self) -> bool:
+        return "links" in self.train.column_names
+
+    def batch(self, indices: list[int], epoch: int, batch_in_epoch: int) -> corpus_data.Batch:
+        """Training pairs `indices` as tensors, with their gold links if they have them; `epoch` and
+        `batch_in_epoch` seed the sampled segmentation, so a resumed run samples what the uninterrupted one did."""
+        alpha = self.cfg.data.sampling_alpha
+        if alpha > 0:
+            where = [self.cfg.trainer.seed, epoch, batch_in_epoch, self.world.rank]
+            seed = int(np.random.SeedSequence(where).generate_state(1)[0])
+            rows = self.train.select_columns(["src", "tgt"])[indices]
+            ids = self.tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
+            src_ids, tgt_ids = ids[:len(indices)], ids[len(indices):]
+        else:
+            rows = self.train.select_columns(["src_ids", "tgt_ids"])[indices]
+            src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
+        batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len)  # a sample may outgrow the best segmentation
+        if self.has_links:
+            links = self.train.select_columns(["links"])[indices]["links"]
+            batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
+                                                 batch.tgt_in.size(1))
+        return batch
+
+    # ------------------------------------------------------------ the alignment head's links
+
+    @property
+    def links_path(self) -> Path:
+        """Where a run keeps its training links, so a resumed run reads the same."""
+        return self.run_dir / "alignment_links.txt"
+
+    def saved_links(self) -> Optional[list[str]]:
+        if self.cfg.trainer.resume and self.links_path.is_file():
+            return self.links_path.read_text(encoding="utf-8").splitlines()
+        return None
+
+    def _links(self, train) -> Optional[list[str]]:
+        """The links of the (unfiltered) training pairs from a file or eflomal; None where eflomal is not
+        installed (training goes on without the head)."""
+        saved = self.saved_links()
+        if saved is not None:
+            return saved
+        a = self.cfg.align
+        if a.links == LinkSource.file:
+            if not a.links_file:
+                raise InputError("align.links=file needs align.links_file=PATH (Pharaoh lines, one per training pair)")
+            lines = links_from_file(a.links_file, len(train))
+        else:
+            if eflomal_command() is None:
+                log.warning("eflomal is not installed (%s): training without the alignment head; alignments will "
+                            "be read from attention", EFLOMAL_INSTALL)
+                return None
+            cache = Path(self.cfg.data.cache_dir) / "alignments" / f"eflomal-{train._fingerprint}.txt"
+            lines = links_from_eflomal(list(train["src"]), list(train["tgt"]), cache)
+        self.save_links(lines)
+        return lines
+
+    def save_links(self, lines: list[str]) -> None:
+        if self.world.is_main:
+            write_atomically(self.links_path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
+
+    def add_links(self, lines: list[str]) -> None:
+        """Links of the (filtered) training pairs, found during training (align.links=self)."""
+        self.train = self.train.add_column("links", lines)
