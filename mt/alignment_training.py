@@ -3,8 +3,8 @@ as fairseq's joint alignment-translation, Marian's --guided-alignment and OpenNM
 
 The head's weights at the step where a target piece is the decoder's input are pulled toward the gold links of
 that piece: its word's linked source words, spread evenly over their pieces. The links of the training pairs come
-from a Pharaoh file, from eflomal, or from the model itself (its shift-att links, symmetrized with those of a model
-of the other direction, as Chen et al. 2020 train Shift-AET).
+from a Pharaoh file, from eflomal, or from the model itself (its own attention links, symmetrized with those of a
+model of the other direction, as Chen et al. 2020 train Shift-AET on their shift-att links).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class LinkSource(str, Enum):
     eflomal = "eflomal"  # eflomal on the training pairs, both directions symmetrized (pip install '.[align]')
     file = "file"  # align.links_file: Pharaoh lines, one per training pair
-    self = "self"  # the model's own shift-att links at align.start_step (with align.reverse_checkpoint: both ways)
+    self = "self"  # the model's own attention links at align.start_step (with align.reverse_checkpoint: both ways)
 
 
 @dataclass
@@ -79,9 +79,10 @@ def links_from_eflomal(sources: list[str], targets: list[str], cache: Path) -> l
 
 def links_from_model(loaded: LoadedModel, sources: list[str], targets: list[str], reverse_checkpoint: Optional[str],
                      batch_tokens: int, device: torch.device, precision: str) -> list[str]:
-    """The model's own shift-att links of the pairs (the default layer, heads averaged), symmetrized
-    (grow-diag-final) with those of reverse_checkpoint where one is given."""
-    settings = LinkSettings(method=Method.attention, shift=True,
+    """The model's own attention links of the pairs, read as scripts/align.py reads them by default (the layer
+    and step chosen on the gold dev half, heads averaged), symmetrized (grow-diag-final) with those of
+    reverse_checkpoint where one is given."""
+    settings = LinkSettings(method=Method.attention,
                             direction=Direction.both if reverse_checkpoint else Direction.forward,
                             reverse_checkpoint=reverse_checkpoint)
     forward = ForcedAligner(loaded, settings, batch_tokens, device, precision).links(sources, targets)
