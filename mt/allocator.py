@@ -16,10 +16,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-# Chosen by measurement (docs/memory.md): mimalloc returns freed memory to the system after a delay by default,
-# and then pays page faults to get it back on the next step; never purging keeps it at tcmalloc's speed, and
-# memory stays flat because mimalloc reuses what it keeps.
-MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": "-1"}
+# Chosen by measurement (docs/memory.md). By default mimalloc hands freed memory back to the system after a delay,
+# and maps objects over its arena limit (the logits of a batch, 65-130 MB) afresh each time; both cost page faults
+# on every step. Never purging, and serving objects up to 1 GiB from its arenas, it reuses what it keeps: memory
+# stays flat and training runs at tcmalloc's speed.
+MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1GiB"}
 # "system" keeps the allocator the process was started with; train.py sets "preloaded" when it restarts itself.
 SWITCH = "MT_ALLOCATOR"
 

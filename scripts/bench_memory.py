@@ -4,10 +4,10 @@
     python scripts/bench_memory.py corpus [--pairs 1000000] [--steps 200] [OVERRIDE ...]
 
 allocators: train.py for --steps steps under each malloc in turn, --reps times, alternating (glibc, mimalloc, ...):
-glibc's own (MT_ALLOCATOR=system), mimalloc (what train.py chooses by itself, mt/allocator.py), and tcmalloc and
-jemalloc where the system has them (preloaded, MT_ALLOCATOR=system). Reports each one's median target tokens/s,
-peak resident memory (the process's maximum), and resident memory at the first and last logged step
-(train/memory_mb): flat, or growing.
+glibc's own (MT_ALLOCATOR=system), mimalloc as train.py runs it by itself (mt/allocator.py) and with mimalloc's
+default options, and tcmalloc and jemalloc where the system has them (preloaded, MT_ALLOCATOR=system). Reports
+each one's median target tokens/s, peak resident memory (the process's maximum), and resident memory at the first
+and last logged step (train/memory_mb): flat, or growing.
 
 corpus: builds a synthetic line-parallel corpus of --pairs pairs (each joins two random Multi30k training pairs,
 so its sentences and alignment stay real), then runs train.py on it and on the shipped Multi30k, --steps steps
@@ -35,6 +35,8 @@ from datetime import datetime
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mt.allocator import bundled_mimalloc
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTI30K = ROOT / "data" / "multi30k"
@@ -85,6 +87,8 @@ def system_allocators() -> dict[str, str]:
 
 def compare_allocators(args, overrides: list[str], workdir: Path) -> dict:
     contestants = {"glibc": {"MT_ALLOCATOR": "system"}, "mimalloc (train.py's own)": {}}
+    if bundled_mimalloc() is not None:
+        contestants["mimalloc, its default options"] = {"MT_ALLOCATOR": "system", "LD_PRELOAD": str(bundled_mimalloc())}
     for name, path in system_allocators().items():
         contestants[name] = {"MT_ALLOCATOR": "system", "LD_PRELOAD": path}
     overrides = [f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}", *overrides]
