@@ -74,6 +74,15 @@ def merge_to_words(attention: Tensor, src_pieces: list[str], tgt_pieces: list[st
     return to_tgt @ matrix @ to_src
 
 
+def mean_per_word(values: Tensor, pieces: list[str]) -> Tensor:
+    """Per whitespace word, the mean of its pieces' values."""
+    words = torch.tensor(word_index(pieces))
+    n_words = int(words.max()) + 1 if len(pieces) else 0
+    sums = torch.zeros(n_words, dtype=values.dtype).index_add_(0, words.clamp_min(0), values * (words >= 0))
+    counts = torch.zeros(n_words, dtype=values.dtype).index_add_(0, words.clamp_min(0), (words >= 0).to(values.dtype))
+    return sums / counts.clamp_min(1.0)
+
+
 def hard_links(word_attention: Tensor) -> list[Link]:
     """Each target word links to the source word it attends to most."""
     if word_attention.numel() == 0:

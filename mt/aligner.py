@@ -80,6 +80,7 @@ class AttentionSource:
     layer: int
     head: Optional[int]
     shift: bool
+    null: bool = False  # a trained head's attention on the source's end marks a target word without a link
 
     @classmethod
     def resolve(cls, loaded: LoadedModel, settings: LinkSettings) -> AttentionSource:
@@ -88,7 +89,7 @@ class AttentionSource:
             raise InputError("method=trained_head, but this model was trained without an alignment head "
                              "(align.weight=0); use method=attention")
         if settings.method != Method.attention and trained is not None:
-            return cls(trained.layer, trained.head, trained.shift)
+            return cls(trained.layer, trained.head, trained.shift, trained.null)
         layers, heads = loaded.model.cfg.decoder_layers, loaded.model.cfg.n_heads
         if not -layers <= settings.layer < layers:
             raise InputError(f"decoder layer {settings.layer} does not exist: the model has {layers} decoder layers")
@@ -140,6 +141,11 @@ class ForcedAligner:
         else:
             matrix = align.renormalized(steps[:, :len(item.src_pieces)])
         found = align.hard_links(matrix) if s.rule == Rule.argmax else align.threshold_links(matrix, s.threshold)
+        if self.source.null:
+            on_end = steps[:, len(item.src_pieces)].double()  # per target piece: its weight on the source's end
+            if s.words == Words.whitespace:
+                on_end = align.mean_per_word(on_end, item.tgt_pieces)
+            found = [(i, j) for i, j in found if on_end[j] <= 0.5]
         return set(found)
 
 

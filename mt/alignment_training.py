@@ -39,6 +39,8 @@ class AlignmentTrainingConfig:
     weight: float = 0.05  # of the alignment loss beside the translation loss (per target token); 0: no head
     layer: int = -2  # the decoder layer of the head (negative counts from the top)
     head: int = 0
+    # Target words without a link attend to the source's end (EOS, a NULL word) and stay unaligned when read
+    null: bool = True
     links: LinkSource = LinkSource.eflomal
     links_file: Optional[str] = None  # links=file
     reverse_checkpoint: Optional[str] = None  # links=self: a target -> source model, for symmetrized links
@@ -50,7 +52,7 @@ def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int
         raise InputError(f"align.layer={cfg.layer} does not exist: the model has {decoder_layers} decoder layers")
     if not 0 <= cfg.head < n_heads:
         raise InputError(f"align.head={cfg.head} does not exist: the model has {n_heads} heads")
-    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True)
+    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null)
 
 
 def links_from_file(path: str, pairs: int) -> list[str]:
@@ -92,10 +94,11 @@ def links_from_model(loaded: LoadedModel, sources: list[str], targets: list[str]
 
 
 def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links: list[str],
-                       tokenizer: Tokenizer, src_len: int, tgt_len: int) -> Tensor:
+                       tokenizer: Tokenizer, src_len: int, tgt_len: int, null: bool = False) -> Tensor:
     """(pairs, tgt_len, src_len): row t + 1 is the gold distribution of target piece t over the source pieces
     (the step where piece t is the decoder's input: shift-att), evenly spread over the pieces of the source words
-    linked to its word; rows of unlinked pieces, BOS's and padding stay zero."""
+    linked to its word. A piece whose word has no link gets the source's EOS with `null`, else a row of zeros (no
+    loss), as do BOS's row, padding, and pairs without any link."""
     gold = torch.zeros(len(links), tgt_len, src_len)
     for row, (src, tgt, line) in enumerate(zip(src_ids, tgt_ids, links)):
         pairs = align.read_pharaoh(line)[1]
@@ -112,6 +115,9 @@ def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links
         counts[tgt_words < 0] = 0.0
         counts[:, src_words < 0] = 0.0
         rows = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
-        t, s = min(len(tgt), tgt_len - 1), min(len(src), src_len)
+        t, s = min(len(tgt), tgt_len - 1), min(len(src), src_len - 1)
         gold[row, 1:t + 1, :s] = rows[:t, :s]
+        if null:
+            unlinked = (rows[:t].sum(dim=1) == 0).nonzero().squeeze(1)
+            gold[row, unlinked + 1, s] = 1.0  # the source's EOS, right after its pieces
     return gold

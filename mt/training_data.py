@@ -85,7 +85,7 @@ class TrainingData:
         if self.has_links:
             links = self.train.select_columns(["links"])[indices]["links"]
             batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
-                                                 batch.tgt_in.size(1))
+                                                 batch.tgt_in.size(1), self.cfg.align.null)
         return batch
 
     # ------------------------------------------------------------ the alignment head's links

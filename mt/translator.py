@@ -38,6 +38,7 @@ class AlignmentHead:
     layer: int  # counted from 0
     head: int
     shift: bool  # trained on the step where the target word is the decoder's input
+    null: bool = False  # trained to attend to the source's end (EOS) for target words without a link
 
 
 @dataclass

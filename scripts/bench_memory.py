@@ -96,7 +96,7 @@ def compare_allocators(args, overrides: list[str], workdir: Path) -> dict:
     train("warm-up", overrides, workdir)  # SentencePiece and the Arrow cache, so no contestant pays for them
     for rep in range(args.reps):
         for name, environment in contestants.items():
-            run = train(name.split()[0], overrides, workdir, environment)
+            run = train(re.sub(r"\W+", "_", name), overrides, workdir, environment)
             print(f"rep {rep + 1} {name}: {run['train_target_tokens_per_s']:.0f} target tokens/s, peak "
                   f"{run['peak_rss_mb']} MB, memory {run['memory_mb_first_log']} -> {run['memory_mb_last_log']} MB "
                   f"(served by {run['allocator']})", flush=True)

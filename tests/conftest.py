@@ -97,24 +97,29 @@ def copy_sentences(count: int, seed: int) -> list[str]:
     return [" ".join(rng.sample(COPY_WORDS, rng.randint(3, 7))) for _ in range(count)]  # distinct: one right link
 
 
-@pytest.fixture(scope="session")
-def copy_model(tmp_path_factory):
-    """A tiny model trained to copy sentences of distinct words: its run directory and 20 unseen sentences."""
+def copy_config(folder: Path, max_steps: int, **trainer):
+    """A tiny model that learns to copy sentences of distinct words (600 of them, written into `folder`)."""
     from mt.config import OptimConfig, TrainConfig, TrainerConfig
     from mt.data import DataConfig
     from mt.model import ModelConfig
     from mt.tokenizer import TokenizerConfig
 
-    run_dir = tmp_path_factory.mktemp("copy")
     train = copy_sentences(600, seed=0)
-    prefix = write_pair(run_dir / "data", "train", train, train)
-    _train(TrainConfig(
-        data=DataConfig(train=prefix, dev=prefix, cache_dir=f"{run_dir}/cache", batch_tokens=800,
+    prefix = write_pair(folder / "data", "train", train, train)
+    return TrainConfig(
+        data=DataConfig(train=prefix, dev=prefix, cache_dir=f"{folder}/cache", batch_tokens=800,
                         tokenizer=TokenizerConfig(vocab_size=60)),  # every word one piece
         model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
                           dropout=0.0),
         optim=OptimConfig(lr=3e-3, warmup_steps=50),
-        trainer=TrainerConfig(max_steps=600, eval_every=600, label_smoothing=0.0, progress=False,
-                              heatmap_sentences=0),
-    ), run_dir)
+        trainer=TrainerConfig(**{"max_steps": max_steps, "eval_every": max_steps, "label_smoothing": 0.0,
+                                 "progress": False, "heatmap_sentences": 0, **trainer}),
+    )
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory):
+    """A tiny model trained to copy sentences of distinct words: its run directory and 20 unseen sentences."""
+    run_dir = tmp_path_factory.mktemp("copy")
+    _train(copy_config(run_dir, 600), run_dir)
     return run_dir, copy_sentences(20, seed=1)

@@ -8,17 +8,14 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, copy_sentences, write_pair
+from conftest import ROOT, copy_config, copy_sentences, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mt.alignment_training import gold_distributions
-from mt.config import OptimConfig, TrainConfig, TrainerConfig
-from mt.data import DataConfig
+from mt.config import TrainConfig
 from mt.eflomal_aligner import eflomal_command, eflomal_links
 from mt.files import InputError
 from mt.loss import alignment_loss
-from mt.model import ModelConfig
-from mt.tokenizer import TokenizerConfig
 from mt.trainer import run
 from mt.translator import load_model
 
@@ -64,35 +61,29 @@ def test_gold_distributions_spread_each_target_pieces_links_over_the_source_piec
     expected[0, 1, :2] = expected[0, 2, :2] = 0.5  # ▁dog and s (steps 1, 2): the two pieces of Hunde
     expected[0, 3, 2] = 1.0  # ▁run (step 3): laufen
     torch.testing.assert_close(gold, expected)  # step 0 (BOS), ▁fast's step 4, padding step 5: zero
+    expected[0, 4, 3] = 1.0  # with null: ▁fast, linked to nothing, to the source's end (EOS, column 3)
+    torch.testing.assert_close(gold_distributions([[0, 1, 2]], [[3, 4, 5, 6]], ["0-0 1-1"], vocab, src_len=4,
+                                                  tgt_len=6, null=True), expected)
+
+
+def first_but_last(sentence: str) -> str:
+    return " ".join(f"0-{j}" for j in range(len(sentence.split()) - 1))
 
 
 def copy_training(tmp_path, **align) -> TrainConfig:
-    train = copy_sentences(600, seed=0)
-    prefix = write_pair(tmp_path / "data", "train", train, train)
-    (tmp_path / "diagonal.align").write_text("".join(" ".join(f"{i}-{i}" for i in range(len(s.split()))) + "\n"
-                                                     for s in train))
-    config = TrainConfig(
-        data=DataConfig(train=prefix, dev=prefix, cache_dir=str(tmp_path / "cache"), batch_tokens=800,
-                        tokenizer=TokenizerConfig(vocab_size=60)),
-        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
-                          dropout=0.0),
-        optim=OptimConfig(lr=3e-3, warmup_steps=50),
-        trainer=TrainerConfig(max_steps=300, eval_every=300, log_every=50, label_smoothing=0.0, progress=False,
-                              heatmap_sentences=0),
-    )
-    config.align.weight, config.align.links, config.align.links_file = 0.5, "file", str(tmp_path / "diagonal.align")
+    """The copy model's training, its alignment head taught that each word links to the sentence's first, but
+    the last word, which links to nothing."""
+    config = copy_config(tmp_path, 300, log_every=50)
+    (tmp_path / "first.align").write_text("".join(first_but_last(s) + "\n" for s in copy_sentences(600, seed=0)))
+    config.align.weight, config.align.links, config.align.links_file = 0.5, "file", str(tmp_path / "first.align")
     for key, value in align.items():
         setattr(config.align, key, value)
     return config
 
 
 def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
-    # Links that attention would never find by itself: each word to the first word of its sentence.
+    # Links that attention would never find by itself: each word to the first word of its sentence, but the last.
     config = copy_training(tmp_path, layer=0, head=1)
-    train = copy_sentences(600, seed=0)
-    (tmp_path / "first.align").write_text("".join(" ".join(f"0-{j}" for j in range(len(s.split()))) + "\n"
-                                                  for s in train))
-    config.align.links_file = str(tmp_path / "first.align")
     run(config, tmp_path / "run")
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
@@ -101,14 +92,14 @@ def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
 
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     assert load_model(str(checkpoint), torch.device("cpu")).alignment_head.__dict__ == {
-        "layer": 0, "head": 1, "shift": True}
+        "layer": 0, "head": 1, "shift": True, "null": True}
     test = copy_sentences(10, seed=1)
     (tmp_path / "test.de").write_text("\n".join(test) + "\n")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "align.py"), f"checkpoint={checkpoint}",
                            f"source={tmp_path}/test.de", f"target={tmp_path}/test.de"],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == [" ".join(f"0-{j}" for j in range(len(s.split()))) for s in test]
+    assert done.stdout.splitlines() == [first_but_last(s) for s in test]
 
 
 def test_a_links_file_of_the_wrong_length_is_refused_in_one_line(tmp_path):
