@@ -98,7 +98,7 @@ class Trainer:
 
     def _checkpoint_content(self) -> dict:
         return {
-            **model_payload(self.model, self.tokenizer, self.alignment_head if self._aligning() else None),
+            **self._model_payload(),
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -109,6 +109,10 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
+
+    def _model_payload(self) -> dict:
+        """What translating needs; the alignment head is named once it has trained."""
+        return model_payload(self.model, self.tokenizer, self.alignment_head if self._aligning() else None)
 
     def _save(self, best: tuple[str, Scores] | None = None, dev: Scores | None = None) -> None:
         """last.pt; after an evaluation (`dev`: the raw weights' scores) also checkpoints/step_N.pt, and best.pt
@@ -126,9 +130,7 @@ class Trainer:
                                                         "dev": dataclasses.asdict(scores)})
         if dev is not None and self.cfg.trainer.keep_checkpoints > 0:
             save_checkpoint(self.ckpt_dir / f"step_{self.step}.pt",
-                            {**model_payload(self.model, self.tokenizer,
-                                             self.alignment_head if self._aligning() else None), "step": self.step,
-                             "dev": dataclasses.asdict(dev)})
+                            {**self._model_payload(), "step": self.step, "dev": dataclasses.asdict(dev)})
             kept = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
             for old in kept[:-self.cfg.trainer.keep_checkpoints]:
                 old.unlink()
@@ -156,6 +158,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:
             log.info("%s holds no weight average: the average starts from the resumed weights", path)
+            self.ema = ExponentialMovingAverage(self.model, self.cfg.trainer.ema_decay)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.stale_evals = state["best_bleu"], state["stale_evals"]
         torch.set_rng_state(state["rng"])
