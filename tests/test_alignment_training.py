@@ -75,7 +75,7 @@ def copy_training(tmp_path, **align) -> TrainConfig:
     the last word, which links to nothing."""
     config = copy_config(tmp_path, 300, log_every=50)
     (tmp_path / "first.align").write_text("".join(first_but_last(s) + "\n" for s in copy_sentences(600, seed=0)))
-    config.align.weight, config.align.links, config.align.links_file = 0.5, "file", str(tmp_path / "first.align")
+    config.align.weight, config.align.links, config.align.links_file = 1.0, "file", str(tmp_path / "first.align")
     for key, value in align.items():
         setattr(config.align, key, value)
     return config
