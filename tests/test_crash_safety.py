@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,13 +23,17 @@ STEPS = 24
 RUN = [*TINY, "trainer.eval_every=3", "trainer.heatmap_sentences=0", f"trainer.max_steps={STEPS}"]
 
 
-def start(run_dir, corpus, tmp_path, *extra):
-    """train.py with resume on (a fresh run directory simply starts from scratch), its log in run_dir/out.N."""
+def start(run_dir, corpus, *extra):
+    """train.py with resume on (a fresh run directory simply starts from scratch), its log in run_dir/out.N.
+
+    All runs share one cache: eflomal, which gives the alignment head its training links, has no seed, so the
+    reference run and the interrupted one must read the same cached links to be comparable."""
     run_dir.mkdir(exist_ok=True)
+    shared = Path(corpus["train"]).parent / "crash-safety"
     launch = len(list(run_dir.glob("out.*")))
     log = open(run_dir / f"out.{launch}", "w")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *RUN, *corpus_overrides(corpus, tmp_path), "trainer.resume=true",
+        [sys.executable, str(ROOT / "train.py"), *RUN, *corpus_overrides(corpus, shared), "trainer.resume=true",
          f"hydra.run.dir={run_dir}", *extra],
         cwd=ROOT, env=ONE_THREAD, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -64,7 +69,7 @@ def wait_for_log(process, out, text, timeout=300):
 def uninterrupted(small_corpus, tmp_path_factory):
     """The reference run's final weights."""
     tmp_path = tmp_path_factory.mktemp("whole")
-    process, out = start(tmp_path / "run", small_corpus, tmp_path)
+    process, out = start(tmp_path / "run", small_corpus)
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
     return final_weights(tmp_path / "run")
 
@@ -89,7 +94,7 @@ def test_runs_killed_at_random_moments_and_in_a_save_resume_to_the_uninterrupted
     # Each kill a random moment after an evaluation with at least two more to come, later than the one before
     # (a restarted run resumes from its last checkpoint, at or before the previous kill).
     for step in sorted(rng.sample(range(3, STEPS - 5, 3), 3)):
-        process, out = start(run_dir, small_corpus, tmp_path)
+        process, out = start(run_dir, small_corpus)
         wait_for_log(process, out, f"step {step} dev BLEU")
         time.sleep(rng.uniform(0.0, 0.05))
         assert process.poll() is None, "the run ended before it could be killed"
@@ -98,13 +103,13 @@ def test_runs_killed_at_random_moments_and_in_a_save_resume_to_the_uninterrupted
         assert_checkpoints_readable(run_dir)
     # One more, while a checkpoint is being written: the partial file is left, last.pt is the previous one.
     before = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
-    process, out = start(run_dir, small_corpus, tmp_path)
+    process, out = start(run_dir, small_corpus)
     assert kill_while_saving(process, run_dir), "no save was caught in the act"
     assert any(run_dir.glob("checkpoints/.*.partial"))
     assert_checkpoints_readable(run_dir)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] >= before
 
-    process, out = start(run_dir, small_corpus, tmp_path)
+    process, out = start(run_dir, small_corpus)
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
     assert not list(run_dir.glob("checkpoints/.*.partial"))  # the resumed run cleared what the kill left
     assert_same_weights(final_weights(run_dir), uninterrupted)
@@ -115,7 +120,7 @@ def test_runs_killed_at_random_moments_and_in_a_save_resume_to_the_uninterrupted
 def test_ctrl_c_or_sigterm_saves_last_pt_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
         uninterrupted, small_corpus, tmp_path, signum, status):
     run_dir = tmp_path / "run"
-    process, out = start(run_dir, small_corpus, tmp_path)
+    process, out = start(run_dir, small_corpus)
     wait_for_log(process, out, "step 6 dev BLEU")
     process.send_signal(signum)
     assert process.wait(timeout=120) == status
@@ -125,7 +130,7 @@ def test_ctrl_c_or_sigterm_saves_last_pt_and_the_resumed_run_ends_where_an_unint
     assert 6 <= stopped_at < STEPS and load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == stopped_at
     assert "Traceback" not in out.read_text()
 
-    process, out = start(run_dir, small_corpus, tmp_path)
+    process, out = start(run_dir, small_corpus)
     assert process.wait(timeout=600) == 0, out.read_text()[-3000:]
     assert f"resumed from {run_dir}/checkpoints/last.pt at step {stopped_at}" in out.read_text()
     assert_same_weights(final_weights(run_dir), uninterrupted)
