@@ -30,7 +30,7 @@ class Optimizer(str, Enum):
 @dataclass
 class OptimConfig:
     name: Optimizer = Optimizer.adam
-    lr: float = 1e-3  # peak, reached at the end of warm-up, then decays as 1/sqrt(step)
+    lr: float = 2e-3  # peak, reached at the end of warm-up, then decays as 1/sqrt(step)
     warmup_steps: int = 1000
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
@@ -39,7 +39,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = 5000  # optimizer steps; training stops at whichever of the two limits comes first
+    max_steps: Optional[int] = 6000  # optimizer steps; training stops at whichever of the two limits comes first
     max_epochs: Optional[int] = None
     eval_every: int = 500  # steps between dev evaluations (BLEU, checkpoints, heatmaps)
     log_every: int = 100
@@ -53,7 +53,7 @@ class TrainerConfig:
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     # Above 0, an exponential moving average of the weights (this decay, warmed up) is evaluated beside them, and
     # best.pt holds whichever scores higher on dev.
-    ema_decay: float = 0.0
+    ema_decay: float = 0.999
     keep_checkpoints: int = 5  # evaluation checkpoints kept as checkpoints/step_N.pt (scripts/average_checkpoints.py)
     # dev/test decoding: greedy, with translate.py's limits, so both decode the same batches
     eval_batch_tokens: int = SearchSettings.batch_tokens
