@@ -26,7 +26,7 @@ def max_output_lengths(src: Tensor, a: float, b: int, limit: int) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> Hypotheses:
+def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Hypotheses:
     batch = src.size(0)
     max_len = max_output_lengths(src, max_len_a, max_len_b, model.cfg.max_positions)
     state = model.start_decoding(src)
@@ -77,8 +77,8 @@ def length_penalty(length, alpha: float):
 
 @torch.no_grad()
 def beam_search(
-    model: Transformer, src: Tensor, beam_size: int = 5, nbest: int = 1, alpha: float = 0.6,
-    max_len_a: float = 1.5, max_len_b: int = 10, use_cache: bool = True,
+    model: Transformer, src: Tensor, beam_size: int, nbest: int, alpha: float, max_len_a: float, max_len_b: int,
+    use_cache: bool = True,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first.
 

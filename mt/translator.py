@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class SearchSettings:
     beam_size: int = 5  # 1 is greedy search (as training's evaluation decodes)
     nbest: int = 1  # above 1, output lines are `i ||| translation ||| score`, best first
-    length_penalty: float = 0.6  # GNMT alpha: scores are log-probabilities / ((5 + length) / 6) ** alpha
+    length_penalty: float = 1.2  # GNMT alpha: scores are log-probabilities / ((5 + length) / 6) ** alpha
     max_len_a: float = 1.5  # at most a * source length + b output tokens
     max_len_b: int = 10
     batch_tokens: int = 4000  # source tokens per batch (sorted by length, written in input order); x beam_size rows

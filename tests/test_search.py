@@ -32,7 +32,7 @@ def sources(seed: int, vocab: int = 40) -> torch.Tensor:
 def test_beam_of_one_without_length_penalty_equals_greedy(seed):
     model, src = random_model(seed), sources(seed)
     greedy = greedy_search(model, src, max_len_a=1.0, max_len_b=5)
-    beam = beam_search(model, src, beam_size=1, alpha=0.0, max_len_a=1.0, max_len_b=5)
+    beam = beam_search(model, src, beam_size=1, nbest=1, alpha=0.0, max_len_a=1.0, max_len_b=5)
     assert [h[0].tokens for h in beam] == greedy.tokens
     torch.testing.assert_close(torch.tensor([h[0].log_prob for h in beam]), torch.tensor(greedy.scores))
 
@@ -40,8 +40,8 @@ def test_beam_of_one_without_length_penalty_equals_greedy(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_beam_search_with_the_cache_equals_beam_search_without_it(seed):
     model, src = random_model(seed), sources(seed)
-    cached = beam_search(model, src, beam_size=4, nbest=3, alpha=0.6, max_len_b=6, use_cache=True)
-    recomputed = beam_search(model, src, beam_size=4, nbest=3, alpha=0.6, max_len_b=6, use_cache=False)
+    cached = beam_search(model, src, beam_size=4, nbest=3, alpha=0.6, max_len_a=1.5, max_len_b=6, use_cache=True)
+    recomputed = beam_search(model, src, beam_size=4, nbest=3, alpha=0.6, max_len_a=1.5, max_len_b=6, use_cache=False)
     for with_cache, without in zip(cached, recomputed):
         assert [h.tokens for h in with_cache] == [h.tokens for h in without]
         scores = [torch.tensor([h.score for h in hyps]) for hyps in (with_cache, without)]
@@ -51,7 +51,7 @@ def test_beam_search_with_the_cache_equals_beam_search_without_it(seed):
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
 def test_reported_scores_are_the_models_own_length_normalized_log_probabilities(alpha):
     model, src = random_model(3), sources(3)
-    nbests = beam_search(model, src, beam_size=5, nbest=5, alpha=alpha, max_len_b=6)
+    nbests = beam_search(model, src, beam_size=5, nbest=5, alpha=alpha, max_len_a=1.5, max_len_b=6)
     for rank in range(5):
         outputs = [hyps[rank].tokens for hyps in nbests]
         rescored = score_outputs(model, src, outputs).log_probs
@@ -66,10 +66,11 @@ def test_reported_scores_are_the_models_own_length_normalized_log_probabilities(
 
 def test_sentences_translate_the_same_alone_and_in_a_batch():
     model, src = random_model(4), sources(4)
-    together = beam_search(model, src, beam_size=3, max_len_b=6)
+    together = beam_search(model, src, beam_size=3, nbest=1, alpha=0.6, max_len_a=1.5, max_len_b=6)
     for row in range(src.size(0)):
         length = int(src[row].ne(PAD_ID).sum())
-        alone = beam_search(model, src[row:row + 1, :length], beam_size=3, max_len_b=6)
+        alone = beam_search(model, src[row:row + 1, :length], beam_size=3, nbest=1, alpha=0.6, max_len_a=1.5,
+                            max_len_b=6)
         assert alone[0][0].tokens == together[row][0].tokens
         assert alone[0][0].score == pytest.approx(together[row][0].score, abs=1e-4)
 
@@ -78,7 +79,7 @@ def test_sentences_translate_the_same_alone_and_in_a_batch():
 def test_a_wide_enough_beam_finds_the_exact_best_output(alpha):
     vocab, most = 8, 3  # every output of up to 3 of the 5 possible tokens: 1 + 5 + 25 + 125 sequences
     model, src = random_model(5, vocab=vocab), sources(5, vocab=vocab)[:3]
-    found = beam_search(model, src, beam_size=64, alpha=alpha, max_len_a=0.0, max_len_b=most + 1)
+    found = beam_search(model, src, beam_size=64, nbest=1, alpha=alpha, max_len_a=0.0, max_len_b=most + 1)
     for row in range(src.size(0)):
         tokens = [t for t in range(vocab) if t not in (PAD_ID, BOS_ID, EOS_ID)]
         outputs = [list(seq) for n in range(most + 1) for seq in itertools.product(tokens, repeat=n)]
@@ -89,5 +90,6 @@ def test_a_wide_enough_beam_finds_the_exact_best_output(alpha):
 
 def test_outputs_stop_at_the_length_bound():
     model, src = random_model(6), sources(6)
-    for hyps, length in zip(beam_search(model, src, beam_size=3, max_len_a=0.5, max_len_b=2), [9, 3, 6, 1, 7]):
+    found = beam_search(model, src, beam_size=3, nbest=1, alpha=0.6, max_len_a=0.5, max_len_b=2)
+    for hyps, length in zip(found, [9, 3, 6, 1, 7]):
         assert len(hyps[0].tokens) + 1 <= int(length * 0.5 + 2)
