@@ -398,6 +398,7 @@ class Trainer:
             writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])
             results["test"][name] = dataclasses.asdict(scores)
         write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        log.info("done: %s/checkpoints/best.pt (scores in %s/results.json)", self.run_dir, self.run_dir)
         return results
 
 
@@ -413,6 +414,7 @@ def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
         trainer = Trainer(cfg, run_dir)
         if trainer.world.is_main:
             write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            log.info("run directory: %s", run_dir)
         if cfg.trainer.resume:
             trainer.resume()
         return trainer.train()

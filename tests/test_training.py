@@ -21,6 +21,9 @@ def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_co
     result = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=12",
                        "trainer.eval_every=6", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    # The user is told where the run is, at its start and at its end.
+    said = result.stdout + result.stderr
+    assert f"run directory: {run_dir}" in said and f"done: {run_dir}/checkpoints/best.pt" in said
 
     for name in ("checkpoints/best.pt", "checkpoints/last.pt", "results.json", "spm.model", "config.yaml"):
         assert (run_dir / name).is_file(), name
