@@ -98,6 +98,22 @@ def test_final_punctuation_links_only_to_final_punctuation():
     assert torch.equal(final_punctuation(words, ["▁Ein", "▁Hund", "▁bellt"], ends_in_mark), words)
 
 
+def test_align_py_applies_the_final_punctuation_rule(trained, tmp_path):
+    """On tokenized gold pairs whose sides end in a separate mark, through scripts/align.py's attention path."""
+    pairs = [(s, t) for s, t in zip((GOLD / "dev.de").read_text().splitlines(),
+                                    (GOLD / "dev.en").read_text().splitlines())
+             if max(len(s), len(t)) < 90 and s.endswith(" .") and t.endswith(" .")]  # the tiny model: 64 positions
+    assert len(pairs) >= 8
+    (tmp_path / "s.de").write_text("".join(s + "\n" for s, _ in pairs))
+    (tmp_path / "s.en").write_text("".join(t + "\n" for _, t in pairs))
+    done = cli("scripts/align.py", f"checkpoint={trained}/checkpoints/best.pt", f"source={tmp_path}/s.de",
+               f"target={tmp_path}/s.en", "method=attention", "precision=fp32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for (source, target), links in zip(pairs, links_of(done.stdout), strict=True):
+        last_src, last_tgt = len(source.split()) - 1, len(target.split()) - 1
+        assert {(i, j) for i, j in links if i == last_src or j == last_tgt} == {(last_src, last_tgt)}
+
+
 def test_symmetrization_rules_on_a_hand_worked_example():
     forward = {(0, 0), (1, 1), (2, 2), (0, 2), (3, 4)}
     reverse = {(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)}
