@@ -417,7 +417,9 @@ def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
             log.info("run directory: %s", run_dir)
         if cfg.trainer.resume:
             trainer.resume()
-        return trainer.train()
+        results = trainer.train()
+        distributed.leave(trainer.world, finished=True)
+        return results
     finally:
         if trainer is not None:
             distributed.leave(trainer.world)
