@@ -183,6 +183,10 @@ def test_adamw_decays_the_weights_adam_does_not(small_corpus, tmp_path):
     name = "decoder.0.ffn.0.weight"
     assert not torch.equal(adamw["model"][name], adam["model"][name])
     assert torch.equal(no_decay["model"][name], adam["model"][name])  # AdamW without decay is Adam
+    # Decoupled: Adam given the same weight_decay adds it to the gradient (L2) and ends elsewhere.
+    adam_l2 = final_state(tiny_config(small_corpus, tmp_path, OptimConfig(name="adam", warmup_steps=5,
+                                                                          weight_decay=0.01)), tmp_path / "adam_l2")
+    assert not torch.equal(adam_l2["model"][name], adamw["model"][name])
 
 
 def test_max_epochs_ends_training_after_that_many_passes(small_corpus, tmp_path):
