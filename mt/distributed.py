@@ -43,13 +43,16 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
-def leave(world: World, finished: bool = False) -> None:
-    """Tear the process group down; a finished run first waits for every rank (rank 0 scores the test sets while
-    the others are done, and a rank that tears gloo down while a peer still holds it can abort)."""
+def leave(world: World) -> None:
     if world.active and dist.is_initialized():
-        if finished:
-            dist.barrier()
         dist.destroy_process_group()
+
+
+def wait_for_all(world: World) -> None:
+    """Every rank here before any goes on: rank 0 scores the test sets while the others are done, and a rank that
+    tears gloo down while a peer still uses it can abort."""
+    if world.active:
+        dist.barrier()
 
 
 def sum_over_ranks(world: World, values: list[float], device: torch.device) -> list[float]:

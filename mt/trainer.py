@@ -418,7 +418,7 @@ def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
         if cfg.trainer.resume:
             trainer.resume()
         results = trainer.train()
-        distributed.leave(trainer.world, finished=True)
+        distributed.wait_for_all(trainer.world)
         return results
     finally:
         if trainer is not None:
