@@ -99,6 +99,7 @@ def copy_sentences(count: int, seed: int) -> list[str]:
 
 def copy_config(folder: Path, max_steps: int, **trainer):
     """A tiny model that learns to copy sentences of distinct words (600 of them, written into `folder`)."""
+    from mt.alignment_training import AlignmentTrainingConfig
     from mt.config import OptimConfig, TrainConfig, TrainerConfig
     from mt.data import DataConfig
     from mt.model import ModelConfig
@@ -106,7 +107,7 @@ def copy_config(folder: Path, max_steps: int, **trainer):
 
     train = copy_sentences(600, seed=0)
     prefix = write_pair(folder / "data", "train", train, train)
-    config = TrainConfig(
+    return TrainConfig(
         data=DataConfig(train=prefix, dev=prefix, cache_dir=f"{folder}/cache", batch_tokens=800,
                         tokenizer=TokenizerConfig(vocab_size=60)),  # every word one piece
         model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
@@ -114,11 +115,10 @@ def copy_config(folder: Path, max_steps: int, **trainer):
         optim=OptimConfig(lr=3e-3, warmup_steps=50),
         trainer=TrainerConfig(**{"max_steps": max_steps, "eval_every": max_steps, "label_smoothing": 0.0,
                                  "progress": False, "heatmap_sentences": 0, **trainer}),
+        # No alignment head: its links would come from eflomal, which seeds itself, so the model would change
+        # from run to run.
+        align=AlignmentTrainingConfig(weight=0.0),
     )
-    # No alignment head by default: its links would come from eflomal, which seeds itself, so the model (and the
-    # copy tests' outcome) would change from run to run.
-    config.align.weight = 0.0
-    return config
 
 
 @pytest.fixture(scope="session")
