@@ -55,11 +55,15 @@ def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int
     return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null)
 
 
-def links_from_file(path: str, pairs: int) -> list[str]:
-    """The Pharaoh lines of a file with one line per training pair, each checked."""
+def links_from_file(path: str, pairs: int, limited: bool = False) -> list[str]:
+    """The Pharaoh lines of a file with one line per training pair, each checked. `limited`: the training data
+    is the first `pairs` pairs of the corpus the file covers (data.train_limit), so its first lines are theirs."""
     lines = list(read_lines(path))
+    if limited and len(lines) > pairs:
+        lines = lines[:pairs]
     if len(lines) != pairs:
-        raise InputError(f"{path} has {len(lines)} lines but the training data has {pairs} pairs")
+        raise InputError(f"{path} has {len(lines)} lines but the training data has {pairs} pairs (links of other "
+                         f"data? align.links=eflomal aligns the training data itself)")
     for number, line in enumerate(lines, start=1):
         try:
             align.read_pharaoh(line, f"{path}:{number}")

@@ -110,7 +110,8 @@ class TrainingData:
         if a.links == LinkSource.file:
             if not a.links_file:
                 raise InputError("align.links=file needs align.links_file=PATH (Pharaoh lines, one per training pair)")
-            lines = links_from_file(a.links_file, len(train))
+            lines = links_from_file(a.links_file, len(train), limited=self.cfg.data.train_limit is not None)
+            log.info("alignment links: %s", a.links_file)
         else:
             if eflomal_command() is None:
                 log.warning("eflomal is not installed (%s): training without the alignment head; alignments will "

@@ -110,6 +110,16 @@ def test_a_links_file_of_the_wrong_length_is_refused_in_one_line(tmp_path):
         run(config, tmp_path / "run")
 
 
+def test_with_a_train_limit_the_head_trains_on_the_first_lines_of_the_links_file(tmp_path):
+    # The shipped Multi30k links cover all 29,000 pairs; data.train_limit=N trains on the first N of them.
+    config = copy_training(tmp_path)
+    config.data.train_limit = 200
+    config.trainer.max_steps = config.trainer.eval_every = 5
+    run(config, tmp_path / "run")
+    links = (tmp_path / "first.align").read_text().splitlines()
+    assert (tmp_path / "run" / "alignment_links.txt").read_text().splitlines() == links[:200]
+
+
 @needs_eflomal
 def test_eflomal_links_are_read_mapped_to_words_and_symmetrized(tmp_path):
     # Copies of sentences of distinct words: both directions, and so their symmetrization, are the diagonal;

@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from mt import config as config_module
 from mt import data
+from mt.align import read_pharaoh
+from mt.alignment_training import links_from_file
 from mt.data import DataConfig, TokenBatches
 from mt.files import InputError
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_or_load
@@ -176,6 +178,21 @@ def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, fir
     assert {name: len(split) for name, split in corpus.items()} == {
         "train": 29000, "dev": 1014, "test_2016": 1000, "test_2017": 1000}
     assert corpus["train"][0]["src"].startswith(first_source)
+    # The alignment head's shipped links: one line per pair, each word index inside its own side of the pair
+    links = links_from_file(cfg.align.links_file, len(corpus["train"]))
+    for number, (pair, line) in enumerate(zip(corpus["train"], links), start=1):
+        n_src, n_tgt = len(pair["src"].split()), len(pair["tgt"].split())
+        assert all(i < n_src and j < n_tgt for i, j in read_pharaoh(line)[1]), f"{cfg.align.links_file}:{number}"
+
+
+def test_the_shipped_links_of_both_directions_agree_and_a_train_limit_takes_the_first():
+    de_en = links_from_file(ROOT / "data/multi30k/train.de-en.align.gz", 29000)
+    en_de = links_from_file(ROOT / "data/multi30k/train.en-de.align.gz", 29000)
+    assert [sorted(read_pharaoh(line)[1]) for line in de_en] == [
+        sorted((i, j) for j, i in read_pharaoh(line)[1]) for line in en_de]
+    assert links_from_file(ROOT / "data/multi30k/train.de-en.align.gz", 7, limited=True) == de_en[:7]
+    with pytest.raises(InputError, match=r"train.de-en.align.gz has 29000 lines but the training data has 7 pairs"):
+        links_from_file(ROOT / "data/multi30k/train.de-en.align.gz", 7)
 
 
 def test_a_local_dataset_folder_loads_through_the_hub_code_path(tmp_path):
