@@ -123,23 +123,32 @@ def compare_allocators(args, overrides: list[str], workdir: Path) -> dict:
 
 # ---------------------------------------------------------------- a million pairs
 
+def read_gzipped(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 def synthetic_corpus(folder: Path, pairs: int, seed: int = 1) -> str:
-    """Write folder/trainN.{de,en}.gz (pairs lines) and return the prefix; reused if already there."""
+    """Write folder/trainN.{de,en}.gz (pairs lines) and their word links, folder/trainN.de-en.align.gz (the
+    shipped links of the two joined pairs, the second's moved past the first's words); return the prefix. Reused
+    if already there."""
     prefix = folder / f"train{pairs}"
-    if all(Path(f"{prefix}.{lang}.gz").is_file() for lang in ("de", "en")):
+    if all(Path(f"{prefix}.{suffix}.gz").is_file() for suffix in ("de", "en", "de-en.align")):
         return str(prefix)
     folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(MULTI30K / "train.de.gz", "rt", encoding="utf-8") as f:
-        de = f.read().splitlines()
-    with gzip.open(MULTI30K / "train.en.gz", "rt", encoding="utf-8") as f:
-        en = f.read().splitlines()
+    de, en, links = (read_gzipped(MULTI30K / f"train.{suffix}.gz") for suffix in ("de", "en", "de-en.align"))
     rng = random.Random(seed)
     with gzip.open(f"{prefix}.de.gz", "wt", encoding="utf-8", compresslevel=1) as out_de, \
-            gzip.open(f"{prefix}.en.gz", "wt", encoding="utf-8", compresslevel=1) as out_en:
+            gzip.open(f"{prefix}.en.gz", "wt", encoding="utf-8", compresslevel=1) as out_en, \
+            gzip.open(f"{prefix}.de-en.align.gz", "wt", encoding="utf-8", compresslevel=1) as out_links:
         for _ in range(pairs):
             i, j = rng.randrange(len(de)), rng.randrange(len(de))
             out_de.write(f"{de[i]} {de[j]}\n")
             out_en.write(f"{en[i]} {en[j]}\n")
+            src_offset, tgt_offset = len(de[i].split()), len(en[i].split())
+            moved = [f"{a + src_offset}-{b + tgt_offset}" for a, b in (map(int, link.split("-"))
+                                                                        for link in links[j].split())]
+            out_links.write(" ".join(links[i].split() + moved) + "\n")
     return str(prefix)
 
 
@@ -172,7 +181,8 @@ def compare_corpora(args, overrides: list[str], workdir: Path) -> dict:
     print(f"synthetic corpus: {synthetic}.{{de,en}}.gz ({time.perf_counter() - started:.0f} s)", flush=True)
     steps = [f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}"]
     runs = {"multi30k": preparation(train("multi30k", [*steps, *overrides], workdir, cold=True))}
-    runs["synthetic"] = preparation(train("synthetic", [*steps, *overrides, f"data.train={synthetic}"], workdir,
+    runs["synthetic"] = preparation(train("synthetic", [*steps, *overrides, f"data.train={synthetic}",
+                                                        f"align.links_file={synthetic}.de-en.align.gz"], workdir,
                                           cold=True))
     print(f"\n{'':28}" + "".join(f"{name:>14}" for name in runs))
     for key in runs["multi30k"]:

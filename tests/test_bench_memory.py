@@ -1,5 +1,6 @@
 """scripts/bench_memory.py end to end on a tiny model: the allocators side by side, and the corpus comparison."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -36,6 +37,24 @@ def test_a_synthetic_corpus_against_multi30k(small_corpus, tmp_path):
     figures = bench_memory("corpus", "--pairs", 500, "--steps", 2, "--workdir", tmp_path, *shipped_corpus,
                            f"data.dev={small_corpus['dev']}")
     assert figures["multi30k"]["pairs"] == 29000 and figures["synthetic"]["pairs"] == 500
+    # Each synthetic pair joins two shipped pairs; its links are theirs, the second's moved past the first's words
+    def read(folder, prefix):
+        return [gzip.open(folder / f"{prefix}.{suffix}.gz", "rt").read().splitlines()
+                for suffix in ("de", "en", "de-en.align")]
+
+    def joined_links(first, second):
+        src_offset, tgt_offset = len(first[0].split()), len(first[1].split())
+        return shipped[first].split() + [f"{int(i) + src_offset}-{int(j) + tgt_offset}"
+                                         for i, j in (link.split("-") for link in shipped[second].split())]
+
+    def halves(line):
+        return [(line[:k], line[k + 1:]) for k, char in enumerate(line) if char == " "]
+
+    shipped = {(de, en): links for de, en, links in zip(*read(ROOT / "data" / "multi30k", "train"))}
+    for de, en, links in zip(*read(tmp_path / "corpus", "train500")):
+        joins = [((de1, en1), (de2, en2)) for de1, de2 in halves(de) for en1, en2 in halves(en)
+                 if (de1, en1) in shipped and (de2, en2) in shipped]
+        assert any(links.split() == joined_links(first, second) for first, second in joins), (de, links)
     for run in ("multi30k", "synthetic"):
         assert figures[run]["sentencepiece_s"] is not None and figures[run]["ready_to_train_s"] > 0
     assert not list(tmp_path.glob("run_*/checkpoints/.*.partial"))
