@@ -36,7 +36,9 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mt import align
 from mt.allocator import bundled_mimalloc
+from mt.files import read_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTI30K = ROOT / "data" / "multi30k"
@@ -123,11 +125,6 @@ def compare_allocators(args, overrides: list[str], workdir: Path) -> dict:
 
 # ---------------------------------------------------------------- a million pairs
 
-def read_gzipped(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
-
-
 def synthetic_corpus(folder: Path, pairs: int, seed: int = 1) -> str:
     """Write folder/trainN.{de,en}.gz (pairs lines) and their word links, folder/trainN.de-en.align.gz (the
     shipped links of the two joined pairs, the second's moved past the first's words); return the prefix. Reused
@@ -136,7 +133,7 @@ def synthetic_corpus(folder: Path, pairs: int, seed: int = 1) -> str:
     if all(Path(f"{prefix}.{suffix}.gz").is_file() for suffix in ("de", "en", "de-en.align")):
         return str(prefix)
     folder.mkdir(parents=True, exist_ok=True)
-    de, en, links = (read_gzipped(MULTI30K / f"train.{suffix}.gz") for suffix in ("de", "en", "de-en.align"))
+    de, en, links = (list(read_lines(MULTI30K / f"train.{suffix}.gz")) for suffix in ("de", "en", "de-en.align"))
     rng = random.Random(seed)
     with gzip.open(f"{prefix}.de.gz", "wt", encoding="utf-8", compresslevel=1) as out_de, \
             gzip.open(f"{prefix}.en.gz", "wt", encoding="utf-8", compresslevel=1) as out_en, \
@@ -146,9 +143,8 @@ def synthetic_corpus(folder: Path, pairs: int, seed: int = 1) -> str:
             out_de.write(f"{de[i]} {de[j]}\n")
             out_en.write(f"{en[i]} {en[j]}\n")
             src_offset, tgt_offset = len(de[i].split()), len(en[i].split())
-            moved = [f"{a + src_offset}-{b + tgt_offset}" for a, b in (map(int, link.split("-"))
-                                                                        for link in links[j].split())]
-            out_links.write(" ".join(links[i].split() + moved) + "\n")
+            moved = [(a + src_offset, b + tgt_offset) for a, b in align.read_pharaoh(links[j])[1]]
+            out_links.write(align.to_pharaoh([*align.read_pharaoh(links[i])[1], *moved]) + "\n")
     return str(prefix)
 
 

@@ -1,13 +1,14 @@
 """scripts/bench_memory.py end to end on a tiny model: the allocators side by side, and the corpus comparison."""
 
-import gzip
 import json
 import subprocess
 import sys
 
 from conftest import ONE_THREAD, ROOT, TINY
 
+from mt.align import read_pharaoh
 from mt.allocator import bundled_mimalloc
+from mt.files import read_lines
 
 
 def bench_memory(*args):
@@ -39,13 +40,12 @@ def test_a_synthetic_corpus_against_multi30k(small_corpus, tmp_path):
     assert figures["multi30k"]["pairs"] == 29000 and figures["synthetic"]["pairs"] == 500
     # Each synthetic pair joins two shipped pairs; its links are theirs, the second's moved past the first's words
     def read(folder, prefix):
-        return [gzip.open(folder / f"{prefix}.{suffix}.gz", "rt").read().splitlines()
-                for suffix in ("de", "en", "de-en.align")]
+        return [list(read_lines(folder / f"{prefix}.{suffix}.gz")) for suffix in ("de", "en", "de-en.align")]
 
     def joined_links(first, second):
         src_offset, tgt_offset = len(first[0].split()), len(first[1].split())
-        return shipped[first].split() + [f"{int(i) + src_offset}-{int(j) + tgt_offset}"
-                                         for i, j in (link.split("-") for link in shipped[second].split())]
+        return read_pharaoh(shipped[first])[1] | {(i + src_offset, j + tgt_offset)
+                                                  for i, j in read_pharaoh(shipped[second])[1]}
 
     def halves(line):
         return [(line[:k], line[k + 1:]) for k, char in enumerate(line) if char == " "]
@@ -54,7 +54,7 @@ def test_a_synthetic_corpus_against_multi30k(small_corpus, tmp_path):
     for de, en, links in zip(*read(tmp_path / "corpus", "train500")):
         joins = [((de1, en1), (de2, en2)) for de1, de2 in halves(de) for en1, en2 in halves(en)
                  if (de1, en1) in shipped and (de2, en2) in shipped]
-        assert any(links.split() == joined_links(first, second) for first, second in joins), (de, links)
+        assert any(read_pharaoh(links)[1] == joined_links(first, second) for first, second in joins), (de, links)
     for run in ("multi30k", "synthetic"):
         assert figures[run]["sentencepiece_s"] is not None and figures[run]["ready_to_train_s"] > 0
     assert not list(tmp_path.glob("run_*/checkpoints/.*.partial"))
