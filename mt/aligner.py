@@ -81,6 +81,7 @@ class AttentionSource:
     head: Optional[int]
     shift: bool
     null: bool = False  # a trained head's attention on the source's end marks a target word without a link
+    full_context: bool = False  # a trained head read from its layer's second pass over the whole target
 
     @classmethod
     def resolve(cls, loaded: LoadedModel, settings: LinkSettings) -> AttentionSource:
@@ -89,7 +90,7 @@ class AttentionSource:
             raise InputError("method=trained_head, but this model was trained without an alignment head "
                              "(align.weight=0); use method=attention")
         if settings.method != Method.attention and trained is not None:
-            return cls(trained.layer, trained.head, trained.shift, trained.null)
+            return cls(trained.layer, trained.head, trained.shift, trained.null, trained.full_context)
         layers, heads = loaded.model.cfg.decoder_layers, loaded.model.cfg.n_heads
         if not -layers <= settings.layer < layers:
             raise InputError(f"decoder layer {settings.layer} does not exist: the model has {layers} decoder layers")
@@ -119,11 +120,15 @@ class ForcedAligner:
         results: list[Optional[PairAttention]] = [None] * len(sources)
         for rows in decoding_batches(src_ids, self.batch_tokens, tgt_ids):
             src = pad_rows([src_ids[i] for i in rows], [], [EOS_ID]).to(self.device)
+            full_context_layer = self.source.layer if self.source.full_context else None
             with torch.no_grad(), self.autocast():
-                weights = score_outputs(self.model, src, [tgt_ids[i] for i in rows], need_attention=True).attention
-            for row, layers in zip(rows, weights):
+                scored = score_outputs(self.model, src, [tgt_ids[i] for i in rows], need_attention=True,
+                                       full_context_layer=full_context_layer)
+            for k, (row, layers) in enumerate(zip(rows, scored.attention)):
+                matrix = scored.full_context_attention[k][self.source.head] if self.source.full_context else \
+                    self.source.select(layers)
                 results[row] = PairAttention(self.tokenizer.pieces(src_ids[row]), self.tokenizer.pieces(tgt_ids[row]),
-                                             self.source.select(layers), layers if all_layers else None)
+                                             matrix, layers if all_layers else None)
         return results
 
     def links(self, sources: list[str], targets: list[str], name: Optional[str] = None) -> list[set[align.Link]]:

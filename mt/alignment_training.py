@@ -41,6 +41,10 @@ class AlignmentTrainingConfig:
     head: int = 0
     # Target words without a link attend to the source's end (EOS, a NULL word) and stay unaligned when read
     null: bool = True
+    # The head's layer runs a second time without the causal mask, so the head reads each target word knowing
+    # the words after it (Garg et al. 2019's full-context alignment; only that one layer runs again). Off: it
+    # lost on the gold dev half (docs/alignment.md)
+    full_context: bool = False
     links: LinkSource = LinkSource.eflomal
     links_file: Optional[str] = None  # links=file
     reverse_checkpoint: Optional[str] = None  # links=self: a target -> source model, for symmetrized links
@@ -52,7 +56,8 @@ def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int
         raise InputError(f"align.layer={cfg.layer} does not exist: the model has {decoder_layers} decoder layers")
     if not 0 <= cfg.head < n_heads:
         raise InputError(f"align.head={cfg.head} does not exist: the model has {n_heads} heads")
-    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null)
+    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null,
+                         full_context=cfg.full_context)
 
 
 def links_from_file(path: str, pairs: int, limited: bool = False) -> list[str]:

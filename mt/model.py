@@ -119,6 +119,22 @@ class DecoderLayer(nn.Module):
         x = self.cross_block(x, cross)
         return self.ffn_block(x, self.ffn), weights
 
+    def full_context_weights(self, x: Tensor, memory: Tensor, src_pad: Tensor, tgt_pad: Tensor) -> Tensor:
+        """The cross-attention weights (B, H, T, S) of a second pass of this layer over its input x in which
+        every target position sees the whole target (no causal mask): the alignment head's reading with the
+        words to its right known, as Garg et al. (2019) align. Only this layer runs again; x is what the layers
+        below made causally."""
+        x = self.self_block(x, lambda h: self.self_attn(h, h, h, key_padding_mask=tgt_pad)[0])
+        weights = None
+
+        def cross(h: Tensor) -> Tensor:
+            nonlocal weights
+            out, weights = self.cross_attn(h, memory, memory, key_padding_mask=src_pad, need_weights=True)
+            return out
+
+        self.cross_block(x, cross)
+        return weights
+
 
 @dataclass
 class DecoderState:
@@ -150,6 +166,8 @@ class DecoderOutput:
     logits: Tensor  # (B, T, vocab)
     # per layer asked for (every layer, or the one attention_layer names): (B, H, T, S)
     cross_attention: list[Tensor] = field(default_factory=list)
+    # the cross-attention of the layer alignment_layer names, every position seeing the whole target: (B, H, T, S)
+    full_context_attention: Tensor | None = None
 
 
 class Transformer(nn.Module):
@@ -195,14 +213,20 @@ class Transformer(nn.Module):
     def decode(
         self, tgt_in: Tensor, memory: Tensor, src_pad: Tensor, need_attention: bool = False,
         state: DecoderState | None = None, last_position_only: bool = False, attention_layer: int | None = None,
+        full_context_layer: int | None = None,
     ) -> DecoderOutput:
         """Logits for every target position, or with `last_position_only` for the last (all a search uses: the
         output layer is the widest of the step); the cross-attention weights of every layer (`need_attention`)
-        or of one (`attention_layer`, counted from 0)."""
+        or of one (`attention_layer`, counted from 0); those of `full_context_layer` run again over the whole
+        target (DecoderLayer.full_context_weights: the given target only, not incremental decoding)."""
+        if full_context_layer is not None and state is not None:
+            raise ValueError("full-context attention needs the whole target: it has no incremental form")
         start = state.step if state is not None else 0
         x = self._embed(self.tgt_embed, tgt_in, start)
-        attention = []
+        attention, full_context = [], None
         for i, layer in enumerate(self.decoder):
+            if i == full_context_layer:
+                full_context = layer.full_context_weights(x, memory, src_pad, tgt_in.eq(self.cfg.pad_id))
             caches = state.caches[i] if state is not None else None
             wanted = need_attention or i == attention_layer
             x, weights = layer(x, memory, src_pad, caches, wanted)
@@ -212,12 +236,13 @@ class Transformer(nn.Module):
             state.step += tgt_in.size(1)
         if last_position_only:
             x = x[:, -1:]
-        return DecoderOutput(self.output(self.decoder_norm(x)), attention)
+        return DecoderOutput(self.output(self.decoder_norm(x)), attention, full_context)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,
-                attention_layer: int | None = None) -> DecoderOutput:
+                attention_layer: int | None = None, full_context_layer: int | None = None) -> DecoderOutput:
         memory, src_pad = self.encode(src)
-        return self.decode(tgt_in, memory, src_pad, need_attention, attention_layer=attention_layer)
+        return self.decode(tgt_in, memory, src_pad, need_attention, attention_layer=attention_layer,
+                           full_context_layer=full_context_layer)
 
     def start_decoding(self, src: Tensor) -> DecoderState:
         memory, src_pad = self.encode(src)

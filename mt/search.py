@@ -4,7 +4,7 @@ scoring of given outputs (their log-probabilities and cross-attention, for resco
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -178,10 +178,13 @@ class Scored:
     log_probs: list[float]  # per output: sum of its tokens' log-probabilities, EOS included
     # per output: cross-attention (layers, heads, output length + 1 for EOS, source length incl. EOS)
     attention: list[Tensor]
+    # per output, with full_context_layer: that layer's full-context cross-attention (heads, length + 1, source)
+    full_context_attention: list[Tensor] = field(default_factory=list)
 
 
 @torch.no_grad()
-def score_outputs(model: Transformer, src: Tensor, outputs: list[list[int]], need_attention: bool = False) -> Scored:
+def score_outputs(model: Transformer, src: Tensor, outputs: list[list[int]], need_attention: bool = False,
+                  full_context_layer: int | None = None) -> Scored:
     """Teacher-forced pass over given outputs (token ids without BOS/EOS), one per source row."""
     longest = max(len(o) for o in outputs) + 1
     tgt_in = torch.full((len(outputs), longest), PAD_ID, dtype=torch.long, device=src.device)
@@ -189,12 +192,15 @@ def score_outputs(model: Transformer, src: Tensor, outputs: list[list[int]], nee
     for i, output in enumerate(outputs):
         tgt_in[i, :len(output) + 1] = torch.tensor([BOS_ID] + output)
         tgt_out[i, :len(output) + 1] = torch.tensor(output + [EOS_ID])
-    out = model(src, tgt_in, need_attention=need_attention)
+    out = model(src, tgt_in, need_attention=need_attention, full_context_layer=full_context_layer)
     token_log_probs = out.logits.float().log_softmax(dim=-1).gather(-1, tgt_out[..., None]).squeeze(-1)
     log_probs = token_log_probs.masked_fill(tgt_out.eq(PAD_ID), 0.0).sum(dim=1).tolist()
-    attention = []
+    src_len = src.ne(PAD_ID).sum(dim=1).tolist()
+    attention, full_context = [], []
     if need_attention:
         stacked = torch.stack(out.cross_attention, dim=1).float().cpu()  # (B, layers, heads, T, S)
-        src_len = src.ne(PAD_ID).sum(dim=1).tolist()
         attention = [stacked[i, :, :, :len(o) + 1, :src_len[i]] for i, o in enumerate(outputs)]
-    return Scored(log_probs, attention)
+    if full_context_layer is not None:
+        weights = out.full_context_attention.float().cpu()  # (B, heads, T, S)
+        full_context = [weights[i, :, :len(o) + 1, :src_len[i]] for i, o in enumerate(outputs)]
+    return Scored(log_probs, attention, full_context)

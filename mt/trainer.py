@@ -208,11 +208,11 @@ class Trainer:
             with contextlib.nullcontext() if last or not self.world.active else self.replicas.no_sync():
                 head = self.alignment_head if batch.alignment is not None else None
                 with self.autocast():
-                    out = self.replicas(batch.src, batch.tgt_in, attention_layer=head.layer if head else None)
+                    out = self.replicas(batch.src, batch.tgt_in, **(head.pass_arguments() if head else {}))
                 loss, nll = label_smoothed_cross_entropy(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
                                                          PAD_ID)
                 if head is not None:
-                    aligned = alignment_loss(out.cross_attention[0][:, head.head], batch.alignment)
+                    aligned = alignment_loss(head.weights(out), batch.alignment)
                     loss = loss + self.cfg.align.weight * aligned
                     total_alignment = total_alignment + aligned.detach()
                 # DDP divides the summed gradients by the world size; multiplying by it here keeps the step

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from mt.checkpoint import load_checkpoint
 from mt.data import decoding_batches, pad_rows
 from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
-from mt.model import ModelConfig, Transformer
+from mt.model import DecoderOutput, ModelConfig, Transformer
 from mt.search import Hypothesis, beam_search, greedy_search, length_penalty
 from mt.tokenizer import EOS_ID, Tokenizer
 
@@ -39,6 +40,16 @@ class AlignmentHead:
     head: int
     shift: bool  # trained on the step where the target word is the decoder's input
     null: bool = False  # trained to attend to the source's end (EOS) for target words without a link
+    full_context: bool = False  # trained on a second pass of its layer that sees the whole target
+
+    def pass_arguments(self) -> dict:
+        """What Transformer.forward needs to compute this head's weights."""
+        return {"full_context_layer": self.layer} if self.full_context else {"attention_layer": self.layer}
+
+    def weights(self, out: DecoderOutput) -> Tensor:
+        """This head's weights (B, T, S) in the output of a pass run with pass_arguments()."""
+        layer = out.full_context_attention if self.full_context else out.cross_attention[0]
+        return layer[:, self.head]
 
 
 @dataclass

@@ -11,11 +11,13 @@ import torch
 from conftest import ROOT, copy_config, copy_sentences, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mt.aligner import ForcedAligner, LinkSettings
 from mt.alignment_training import gold_distributions
 from mt.config import TrainConfig
 from mt.eflomal_aligner import eflomal_command, eflomal_links
 from mt.files import InputError
 from mt.loss import alignment_loss
+from mt.tokenizer import BOS_ID, EOS_ID
 from mt.trainer import run
 from mt.translator import load_model
 
@@ -81,9 +83,10 @@ def copy_training(tmp_path, **align) -> TrainConfig:
     return config
 
 
-def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
+@pytest.mark.parametrize("full_context", [True, False])
+def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path, full_context):
     # Links that attention would never find by itself: each word to the first word of its sentence, but the last.
-    config = copy_training(tmp_path, layer=0, head=1)
+    config = copy_training(tmp_path, layer=0, head=1, full_context=full_context)
     run(config, tmp_path / "run")
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
@@ -92,7 +95,7 @@ def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
 
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     assert load_model(str(checkpoint), torch.device("cpu")).alignment_head.__dict__ == {
-        "layer": 0, "head": 1, "shift": True, "null": True}
+        "layer": 0, "head": 1, "shift": True, "null": True, "full_context": full_context}
     test = copy_sentences(10, seed=1)
     (tmp_path / "test.de").write_text("\n".join(test) + "\n")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "align.py"), f"checkpoint={checkpoint}",
@@ -100,6 +103,14 @@ def test_the_head_learns_its_links_and_the_alignments_read_it(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [first_but_last(s) for s in test]
+
+    # The aligner reads the pass the head was trained on: its matrix is that pass's head, straight from the model.
+    loaded = load_model(str(checkpoint), torch.device("cpu"))
+    matrix = ForcedAligner(loaded, LinkSettings(), 4000, torch.device("cpu"), "fp32").attention(test[:1], test[:1])[0]
+    ids = loaded.tokenizer.encode(test[:1])[0]
+    out = loaded.model(torch.tensor([ids + [EOS_ID]]), torch.tensor([[BOS_ID] + ids]),
+                       **loaded.alignment_head.pass_arguments())
+    torch.testing.assert_close(matrix.matrix, loaded.alignment_head.weights(out)[0].detach())
 
 
 def test_a_links_file_of_the_wrong_length_is_refused_in_one_line(tmp_path):

@@ -66,3 +66,51 @@ def test_too_long_input_is_refused_with_a_clear_message():
     model = tiny(max_positions=8)
     with pytest.raises(ValueError, match="max_positions=8"):
         model(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
+
+
+def full_context_reference(model: Transformer, src, tgt, layer: int):
+    """float64, by hand: the layers below `layer` causally, then `layer`'s self-attention over the whole target
+    (padding masked) and its cross-attention weights (pre-norm)."""
+    memory, src_pad = model.encode(src)
+    x = model._embed(model.tgt_embed, tgt)
+    for below in model.decoder[:layer]:
+        x, _ = below(x, memory, src_pad, None, False)
+    decoder = model.decoder[layer]
+
+    def weights(attention, queries, keys, blocked):
+        def split(t, projection):
+            return projection(t).view(t.size(0), t.size(1), attention.n_heads, -1).transpose(1, 2)
+        q, k = split(queries, attention.q_proj), split(keys, attention.k_proj)
+        scores = q @ k.transpose(-1, -2) / attention.head_dim ** 0.5
+        scores = scores.masked_fill(blocked[:, None, None, :], float("-inf"))
+        return scores.softmax(dim=-1), split(keys, attention.v_proj)
+
+    h = decoder.self_block.norm(x)
+    self_weights, v = weights(decoder.self_attn, h, h, tgt.eq(PAD))
+    x = x + decoder.self_attn.out_proj((self_weights @ v).transpose(1, 2).flatten(2))
+    return weights(decoder.cross_attn, decoder.cross_block.norm(x), memory, src_pad)[0]
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_full_context_attention_equals_a_float64_reference_and_sees_the_words_to_the_right(layer):
+    model = tiny().double()
+    src, tgt = batch()
+    tgt[0, 4] = PAD  # a padded target: its padding must be masked once the causal mask is gone
+    out = model(src, tgt, full_context_layer=layer)
+    torch.testing.assert_close(out.full_context_attention, full_context_reference(model, src, tgt, layer))
+    # The translation is the causal pass's: the second pass of the layer changes no logit.
+    torch.testing.assert_close(out.logits, model(src, tgt).logits)
+    # Earlier positions see a change to the right; the causal weights of the same layer do not.
+    changed = tgt.clone()
+    changed[1, 3:] = 21
+    again = model(src, changed, attention_layer=layer, full_context_layer=layer)
+    assert not torch.allclose(again.full_context_attention[1, :, :3], out.full_context_attention[1, :, :3])
+    torch.testing.assert_close(again.cross_attention[0][1, :, :3],
+                               model(src, tgt, attention_layer=layer).cross_attention[0][1, :, :3])
+
+
+def test_full_context_attention_has_no_incremental_form():
+    model = tiny()
+    src, tgt = batch()
+    with pytest.raises(ValueError, match="whole target"):
+        model.decode(tgt[:, :1], *model.encode(src), state=model.start_decoding(src), full_context_layer=0)
