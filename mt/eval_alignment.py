@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from mt import cli
-from mt.align import alignment_error_rate, diagonal_links, read_pharaoh
+from mt.align import alignment_error_rate, bootstrap_aer, diagonal_links, read_pharaoh
 from mt.data import language_file
 from mt.eflomal_aligner import eflomal_links
 from mt.files import InputError, read_lines
@@ -50,24 +50,40 @@ def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, lan
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
-    """AER, precision, recall and link count of each aligner (the diagonal, eflomal, each prediction file), and
-    the number of sentence pairs."""
+    """AER, precision, recall and link count of each aligner (the diagonal, eflomal, each prediction file), with
+    --bootstrap their intervals, and the number of sentence pairs."""
     gold = read_alignments(args.gold)
-    scores = {}
+    aligned = {}
     if args.source or args.target or args.eflomal:
         sources, targets = read_pairs(args, len(gold))
-        diagonal = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
-        scores["diagonal"] = alignment_error_rate(gold, diagonal)
+        aligned["diagonal"] = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
         if args.eflomal:
-            scores["eflomal"] = alignment_error_rate(gold, eflomal_with_corpus(sources, targets, args.eflomal,
-                                                                               args.languages))
+            aligned["eflomal"] = eflomal_with_corpus(sources, targets, args.eflomal, args.languages)
+    names = []
     for path in args.pred:
         pred = read_alignments(path)
         if len(gold) != len(pred):
             raise InputError(f"{args.gold} has {len(gold)} lines but {path} has {len(pred)}")
-        name = "alignment" if len(args.pred) == 1 else Path(path).name
-        scores[name] = alignment_error_rate(gold, [possible for _, possible in pred])
+        names.append("alignment" if len(args.pred) == 1 else Path(path).name)
+        aligned[names[-1]] = [possible for _, possible in pred]
+    scores = {name: alignment_error_rate(gold, links) for name, links in aligned.items()}
+    if args.bootstrap:
+        intervals = bootstrap_aer(gold, aligned, reference=names[0] if names else None, samples=args.bootstrap)
+        for name, interval in intervals.items():
+            scores[name].update(interval)
     return scores, len(gold)
+
+
+def table_row(name: str, result: dict, sentences: int, width: int, reference: str | None) -> str:
+    row = (f"{name:<{width}}  AER {result['aer']:.4f}  precision {result['precision']:.4f}  "
+           f"recall {result['recall']:.4f}  ({result['links']} links, {sentences} sentences)")
+    if "aer_interval" in result:
+        low, high = result["aer_interval"]
+        row += f"  95% [{low:.4f}, {high:.4f}]"
+    if "difference_interval" in result:
+        low, high = result["difference_interval"]
+        row += f"  minus {reference} [{low:+.4f}, {high:+.4f}], lower in {result['lower_share']:.0%}"
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eflomal", metavar="PREFIX", help="run eflomal on the gold pairs and PREFIX.SRC/.TGT")
     parser.add_argument("--languages", nargs=2, default=["de", "en"], metavar=("SRC", "TGT"),
                         help="the language suffixes of the --eflomal corpus (default: de en)")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="N paired resamples of the sentence pairs: each AER's 95%% interval, and of its "
+                             "difference from the first PRED's (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     with cli.one_line_errors():
@@ -88,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**first, **{name: result for name, result in scores.items() if name != "alignment"}}))
         return 0
     width = max(map(len, scores), default=9)
+    reference = (["alignment"] if len(args.pred) == 1 else [Path(p).name for p in args.pred] or [None])[0]
     for name, result in scores.items():
-        print(f"{name:<{width}}  AER {result['aer']:.4f}  precision {result['precision']:.4f}  "
-              f"recall {result['recall']:.4f}  ({result['links']} links, {sentences} sentences)")
+        print(table_row(name, result, sentences, width, reference))
     return 0

@@ -9,6 +9,7 @@ from conftest import ROOT
 
 from mt.align import (
     alignment_error_rate,
+    bootstrap_aer,
     hard_links,
     merge_to_words,
     read_pharaoh,
@@ -92,3 +93,53 @@ def test_eval_alignment_script(tmp_path):
                              str(tmp_path / "short")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'gold'} has 3 lines but {tmp_path / 'short'} has 1"
+
+
+def random_alignments(pairs: int, seed: int):
+    """Gold links of `pairs` 8x8 sentence pairs and two predictions: one right on half the words, one on all but one."""
+    generator = torch.Generator().manual_seed(seed)
+    gold, half_right, almost_right = [], [], []
+    for _ in range(pairs):
+        order = torch.randperm(8, generator=generator).tolist()
+        sure = {(i, j) for j, i in enumerate(order)}
+        gold.append((sure, set(sure)))
+        half_right.append({(i, j) if j % 2 else ((i + 1) % 8, j) for i, j in sure})
+        almost_right.append({(i, j) if j else ((i + 1) % 8, j) for i, j in sure})
+    return gold, half_right, almost_right
+
+
+def test_bootstrap_intervals_hold_the_aer_narrow_with_more_pairs_and_pair_the_aligners():
+    gold, half, almost = random_alignments(30, seed=0)
+    # Per pair, a random share of the words right, so the AER varies from pair to pair.
+    mixed = [links if k % 3 else almost[k] for k, links in enumerate(half)]
+    result = bootstrap_aer(gold, {"mixed": mixed, "same": list(mixed), "almost": almost}, reference="mixed",
+                           samples=500)
+    low, high = result["mixed"]["aer_interval"]
+    assert low < alignment_error_rate(gold, mixed)["aer"] < high
+    # The same links under another name: paired resamples give a difference of exactly zero, never lower.
+    assert result["same"]["difference_interval"] == (0.0, 0.0) and result["same"]["lower_share"] == 0.0
+    # Better on every pair: lower on every resample.
+    assert result["almost"]["difference_interval"][1] < 0 and result["almost"]["lower_share"] == 1.0
+    assert "difference_interval" not in result["mixed"]
+    # Four times the pairs: about half the width.
+    wide = high - low
+    low, high = bootstrap_aer(gold * 4, {"mixed": mixed * 4}, samples=500)["mixed"]["aer_interval"]
+    assert 0.3 * wide < high - low < 0.7 * wide
+    # One pair: every resample is that pair.
+    aer = alignment_error_rate(gold[:1], half[:1])["aer"]
+    assert bootstrap_aer(gold[:1], {"half": half[:1]}, samples=50)["half"]["aer_interval"] == (aer, aer)
+
+
+def test_eval_alignment_bootstrap_prints_intervals_and_the_difference_from_the_first_prediction(tmp_path):
+    gold, half, almost = random_alignments(20, seed=1)
+    (tmp_path / "gold").write_text("".join(to_pharaoh(sure) + "\n" for sure, _ in gold))
+    (tmp_path / "half").write_text("".join(to_pharaoh(links) + "\n" for links in half))
+    (tmp_path / "almost").write_text("".join(to_pharaoh(links) + "\n" for links in almost))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold"),
+                             str(tmp_path / "half"), str(tmp_path / "almost"), "--bootstrap", "200"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    half_row, almost_row = result.stdout.splitlines()
+    assert half_row.startswith("half    AER 0.5000") and "95% [" in half_row and "minus" not in half_row
+    assert almost_row.startswith("almost  AER 0.1250") and almost_row.endswith("lower in 100%")
+    assert "minus half [-0.3750, -0.3750]" in almost_row
