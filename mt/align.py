@@ -178,12 +178,18 @@ def read_pharaoh(line: str, where: str = "") -> tuple[set[Link], set[Link]]:
 
 def alignment_error_rate(gold: list[tuple[set[Link], set[Link]]], predicted: list[set[Link]]) -> dict:
     """Och and Ney (2003): AER = 1 - (|A & S| + |A & P|) / (|A| + |S|), summed over the corpus."""
-    a_and_s = a_and_p = size_a = size_s = 0
-    for (sure, possible), links in zip(gold, predicted, strict=True):
-        a_and_s += len(links & sure)
-        a_and_p += len(links & possible)
-        size_a += len(links)
-        size_s += len(sure)
+    return _scores(_pair_counts(gold, predicted))
+
+
+def _pair_counts(gold: list[tuple[set[Link], set[Link]]], predicted: list[set[Link]]) -> list[tuple[int, ...]]:
+    """Per sentence pair: |A & S|, |A & P|, |A|, |S|."""
+    return [(len(links & sure), len(links & possible), len(links), len(sure))
+            for (sure, possible), links in zip(gold, predicted, strict=True)]
+
+
+def _scores(counts) -> dict:
+    """AER, precision, recall and link count of the summed per-pair counts."""
+    a_and_s, a_and_p, size_a, size_s = (sum(column) for column in zip((0, 0, 0, 0), *counts))
     return {
         "aer": 1.0 - (a_and_s + a_and_p) / max(size_a + size_s, 1),
         "precision": a_and_p / max(size_a, 1),
@@ -199,8 +205,10 @@ def bootstrap_aer(gold: list[tuple[set[Link], set[Link]]], predicted: dict[str, 
     and, beside `reference`, of its AER minus the reference's, and the share of resamples it scores lower."""
     rng = random.Random(seed)
     draws = [[rng.randrange(len(gold)) for _ in gold] for _ in range(samples)]
-    aers = {name: [alignment_error_rate([gold[i] for i in draw], [links[i] for i in draw])["aer"] for draw in draws]
-            for name, links in predicted.items()}
+    aers = {}
+    for name, links in predicted.items():
+        counts = _pair_counts(gold, links)
+        aers[name] = [_scores(counts[i] for i in draw)["aer"] for draw in draws]
     result = {}
     for name, values in aers.items():
         result[name] = {"aer_interval": _interval(values)}

@@ -98,8 +98,15 @@ class AttentionSource:
             raise InputError(f"attention head {settings.head} does not exist: the model has {heads} heads")
         return cls(settings.layer % layers, settings.head, settings.shift)
 
-    def select(self, layers: Tensor) -> Tensor:
-        """(layers, heads, T, S) -> (T, S)."""
+    @property
+    def full_context_layer(self) -> Optional[int]:
+        """The layer whose full-context pass score_outputs must run (Transformer.decode), if any."""
+        return self.layer if self.full_context else None
+
+    def select(self, layers: Tensor, full_context: Optional[Tensor] = None) -> Tensor:
+        """(layers, heads, T, S), or a full-context head's own pass (heads, T, S) -> (T, S)."""
+        if self.full_context:
+            return full_context[self.head]
         return align.select_heads(layers, self.layer, self.head)
 
 
@@ -120,15 +127,13 @@ class ForcedAligner:
         results: list[Optional[PairAttention]] = [None] * len(sources)
         for rows in decoding_batches(src_ids, self.batch_tokens, tgt_ids):
             src = pad_rows([src_ids[i] for i in rows], [], [EOS_ID]).to(self.device)
-            full_context_layer = self.source.layer if self.source.full_context else None
             with torch.no_grad(), self.autocast():
                 scored = score_outputs(self.model, src, [tgt_ids[i] for i in rows], need_attention=True,
-                                       full_context_layer=full_context_layer)
-            for k, (row, layers) in enumerate(zip(rows, scored.attention)):
-                matrix = scored.full_context_attention[k][self.source.head] if self.source.full_context else \
-                    self.source.select(layers)
+                                       full_context_layer=self.source.full_context_layer)
+            full_context = scored.full_context_attention or [None] * len(rows)
+            for row, layers, own_pass in zip(rows, scored.attention, full_context):
                 results[row] = PairAttention(self.tokenizer.pieces(src_ids[row]), self.tokenizer.pieces(tgt_ids[row]),
-                                             matrix, layers if all_layers else None)
+                                             self.source.select(layers, own_pass), layers if all_layers else None)
         return results
 
     def links(self, sources: list[str], targets: list[str], name: Optional[str] = None) -> list[set[align.Link]]:

@@ -52,6 +52,8 @@ def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, lan
 def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
     """AER, precision, recall and link count of each aligner (the diagonal, eflomal, each prediction file), with
     --bootstrap their intervals, and the number of sentence pairs."""
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap {args.bootstrap}: the number of resamples cannot be negative")
     gold = read_alignments(args.gold)
     aligned = {}
     if args.source or args.target or args.eflomal:
@@ -59,19 +61,23 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
         aligned["diagonal"] = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
         if args.eflomal:
             aligned["eflomal"] = eflomal_with_corpus(sources, targets, args.eflomal, args.languages)
-    names = []
-    for path in args.pred:
+    names = prediction_names(args.pred)
+    for name, path in zip(names, args.pred):
         pred = read_alignments(path)
         if len(gold) != len(pred):
             raise InputError(f"{args.gold} has {len(gold)} lines but {path} has {len(pred)}")
-        names.append("alignment" if len(args.pred) == 1 else Path(path).name)
-        aligned[names[-1]] = [possible for _, possible in pred]
+        aligned[name] = [possible for _, possible in pred]
     scores = {name: alignment_error_rate(gold, links) for name, links in aligned.items()}
     if args.bootstrap:
         intervals = bootstrap_aer(gold, aligned, reference=names[0] if names else None, samples=args.bootstrap)
         for name, interval in intervals.items():
             scores[name].update(interval)
     return scores, len(gold)
+
+
+def prediction_names(paths: list[str]) -> list[str]:
+    """A row name per prediction file: "alignment" for a single one, else the file names."""
+    return ["alignment"] if len(paths) == 1 else [Path(path).name for path in paths]
 
 
 def table_row(name: str, result: dict, sentences: int, width: int, reference: str | None) -> str:
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**first, **{name: result for name, result in scores.items() if name != "alignment"}}))
         return 0
     width = max(map(len, scores), default=9)
-    reference = (["alignment"] if len(args.pred) == 1 else [Path(p).name for p in args.pred] or [None])[0]
+    reference = (prediction_names(args.pred) or [None])[0]
     for name, result in scores.items():
         print(table_row(name, result, sentences, width, reference))
     return 0

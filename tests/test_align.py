@@ -143,3 +143,7 @@ def test_eval_alignment_bootstrap_prints_intervals_and_the_difference_from_the_f
     assert half_row.startswith("half    AER 0.5000") and "95% [" in half_row and "minus" not in half_row
     assert almost_row.startswith("almost  AER 0.1250") and almost_row.endswith("lower in 100%")
     assert "minus half [-0.3750, -0.3750]" in almost_row
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold"),
+                             str(tmp_path / "half"), "--bootstrap", "-1"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --bootstrap -1: the number of resamples cannot be negative"
