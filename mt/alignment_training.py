@@ -9,6 +9,7 @@ model of the other direction, as Chen et al. 2020 train Shift-AET on their shift
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -46,6 +47,12 @@ class AlignmentTrainingConfig:
     # lost on the gold dev half (docs/alignment.md)
     full_context: bool = False
     links: LinkSource = LinkSource.eflomal
+    # links=eflomal: eflomal reads the words cut into the model's SentencePiece pieces (a compound's pieces link to
+    # the English words they stand for), runs eflomal_runs times and keeps the links at least eflomal_votes runs
+    # found; all three chosen on the gold dev half (docs/alignment.md)
+    eflomal_pieces: bool = True
+    eflomal_runs: int = 8
+    eflomal_votes: int = 6
     links_file: Optional[str] = None  # links=file
     reverse_checkpoint: Optional[str] = None  # links=self: a target -> source model, for symmetrized links
     start_step: int = 2500  # links=self: when the model's own links are read and the head starts training
@@ -77,12 +84,18 @@ def links_from_file(path: str, pairs: int, limited: bool = False) -> list[str]:
     return lines
 
 
-def links_from_eflomal(sources: list[str], targets: list[str], cache: Path) -> list[str]:
-    """eflomal's symmetrized links of the pairs, kept in `cache` (eflomal samples: a rerun would differ)."""
+def links_from_eflomal(cfg: AlignmentTrainingConfig, sources: list[str], targets: list[str], tokenizer: Tokenizer,
+                       cache_dir: Path, fingerprint: str) -> list[str]:
+    """eflomal's symmetrized links of the pairs as `cfg` asks for them, kept under `cache_dir` (eflomal samples:
+    a rerun would differ)."""
+    units = f"pieces-{hashlib.sha256(tokenizer.model_bytes).hexdigest()[:12]}" if cfg.eflomal_pieces else "words"
+    cache = cache_dir / f"eflomal-{fingerprint}-{units}-{cfg.eflomal_votes}of{cfg.eflomal_runs}.txt"
     if cache.is_file():
         log.info("alignment links: reusing %s", cache)
         return cache.read_text(encoding="utf-8").splitlines()
-    lines = [align.to_pharaoh(links) for links in eflomal_links(sources, targets)]
+    lines = [align.to_pharaoh(links) for links in eflomal_links(
+        sources, targets, tokenizer=tokenizer if cfg.eflomal_pieces else None, runs=cfg.eflomal_runs,
+        votes=cfg.eflomal_votes)]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return lines

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from mt import cli
 from mt.align import alignment_error_rate, bootstrap_aer, diagonal_links, read_pharaoh
+from mt.alignment_training import AlignmentTrainingConfig
 from mt.data import language_file
 from mt.eflomal_aligner import eflomal_links
 from mt.files import InputError, read_lines
+from mt.tokenizer import Tokenizer
 
 DESCRIPTION = """\
 Alignment error rate of predicted word alignments against a gold standard, all in Pharaoh form.
@@ -21,7 +23,9 @@ GOLD: one line per sentence pair; `i-j` (or `i-jS`) is a sure link, `i?j`, `i-jP
 each. Prints AER, precision and recall (Och and Ney 2003). With --source and --target (the sentence pairs,
 whitespace words), also the monotone diagonal alignment, the baseline a number should beat; with --eflomal
 PREFIX also eflomal (pip install '.[align]'), run on the gold pairs together with the corpus PREFIX.SRC and
-PREFIX.TGT (e.g. the model's training data), both directions symmetrized with grow-diag-final."""
+PREFIX.TGT (e.g. the model's training data), both directions symmetrized with grow-diag-final; with
+--eflomal-pieces SPM_MODEL also eflomal as training runs it for the alignment head (on the words' SentencePiece
+pieces, several runs, the links most runs found)."""
 
 
 def read_alignments(path: str) -> list[tuple[set, set]]:
@@ -41,12 +45,21 @@ def read_pairs(args: argparse.Namespace, count: int) -> tuple[list[str], list[st
     return sources, targets
 
 
-def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, languages: list[str]) -> list[set]:
-    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first)."""
+def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, languages: list[str],
+                        **options) -> list[set]:
+    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first); `options` go to
+    eflomal_links."""
     corpus = [list(read_lines(language_file(prefix, lang))) for lang in languages]
     if len(corpus[0]) != len(corpus[1]):
         raise InputError(f"{prefix}: {languages[0]} has {len(corpus[0])} lines but {languages[1]} {len(corpus[1])}")
-    return eflomal_links(sources + corpus[0], targets + corpus[1])[:len(sources)]
+    return eflomal_links(sources + corpus[0], targets + corpus[1], **options)[:len(sources)]
+
+
+def read_tokenizer(path: str) -> Tokenizer:
+    try:
+        return Tokenizer(Path(path).read_bytes())
+    except (OSError, RuntimeError, ValueError) as e:
+        raise InputError(f"{path}: not a SentencePiece model of this toolkit ({e})") from None
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
@@ -56,11 +69,17 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
         raise InputError(f"--bootstrap {args.bootstrap}: the number of resamples cannot be negative")
     gold = read_alignments(args.gold)
     aligned = {}
+    if args.eflomal_pieces and not args.eflomal:
+        raise InputError("--eflomal-pieces needs --eflomal PREFIX (the corpus eflomal aligns the gold pairs with)")
     if args.source or args.target or args.eflomal:
         sources, targets = read_pairs(args, len(gold))
         aligned["diagonal"] = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
         if args.eflomal:
             aligned["eflomal"] = eflomal_with_corpus(sources, targets, args.eflomal, args.languages)
+        if args.eflomal_pieces:
+            aligned["eflomal-pieces"] = eflomal_with_corpus(
+                sources, targets, args.eflomal, args.languages, tokenizer=read_tokenizer(args.eflomal_pieces),
+                runs=args.eflomal_runs, votes=args.eflomal_votes)
     names = prediction_names(args.pred)
     for name, path in zip(names, args.pred):
         pred = read_alignments(path)
@@ -101,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eflomal", metavar="PREFIX", help="run eflomal on the gold pairs and PREFIX.SRC/.TGT")
     parser.add_argument("--languages", nargs=2, default=["de", "en"], metavar=("SRC", "TGT"),
                         help="the language suffixes of the --eflomal corpus (default: de en)")
+    parser.add_argument("--eflomal-pieces", metavar="SPM_MODEL",
+                        help="also eflomal on the words' pieces of SPM_MODEL (a run's spm.model), as training runs "
+                             "it for the alignment head")
+    parser.add_argument("--eflomal-runs", type=int, default=AlignmentTrainingConfig.eflomal_runs, metavar="N",
+                        help="--eflomal-pieces: eflomal runs N times (default: as training, %(default)s)")
+    parser.add_argument("--eflomal-votes", type=int, default=AlignmentTrainingConfig.eflomal_votes, metavar="K",
+                        help="--eflomal-pieces: the links at least K runs found (default: as training, %(default)s)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
                         help="N paired resamples of the sentence pairs: each AER's 95%% interval, and of its "
                              "difference from the first PRED's (0: none)")

@@ -117,8 +117,8 @@ class TrainingData:
                 log.warning("eflomal is not installed (%s): training without the alignment head; alignments will "
                             "be read from attention", EFLOMAL_INSTALL)
                 return None
-            cache = Path(self.cfg.data.cache_dir) / "alignments" / f"eflomal-{train._fingerprint}.txt"
-            lines = links_from_eflomal(list(train["src"]), list(train["tgt"]), cache)
+            lines = links_from_eflomal(a, list(train["src"]), list(train["tgt"]), self.tokenizer,
+                                       Path(self.cfg.data.cache_dir) / "alignments", train._fingerprint)
         self.save_links(lines)
         return lines
 

@@ -11,13 +11,14 @@ import torch
 from conftest import ROOT, copy_config, copy_sentences, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mt.align import read_pharaoh
 from mt.aligner import ForcedAligner, LinkSettings
 from mt.alignment_training import gold_distributions
 from mt.config import TrainConfig
 from mt.eflomal_aligner import eflomal_command, eflomal_links
 from mt.files import InputError
 from mt.loss import alignment_loss
-from mt.tokenizer import BOS_ID, EOS_ID
+from mt.tokenizer import BOS_ID, EOS_ID, TokenizerConfig, train_or_load
 from mt.trainer import run
 from mt.translator import load_model
 
@@ -142,6 +143,50 @@ def test_eflomal_links_are_read_mapped_to_words_and_symmetrized(tmp_path):
     assert agree >= 0.95 * len(sentences)
 
 
+def compound_pairs(count: int, seed: int) -> tuple[list[str], list[str]]:
+    """Copy pairs whose source writes its first two words as one (a compound): "HundKatze Haus" | "Hund Katze Haus"."""
+    targets = copy_sentences(count, seed)
+    return [s.replace(" ", "", 1) for s in targets], targets
+
+
+def compound_links(target: str) -> set:
+    return {(0, 0), (0, 1)} | {(j - 1, j) for j in range(2, len(target.split()))}
+
+
+@needs_eflomal
+@pytest.mark.parametrize("runs, votes", [(1, 1), (3, 3)])
+def test_eflomal_on_pieces_links_a_compound_to_each_of_its_words(tmp_path, runs, votes):
+    # SentencePiece cuts each compound into the pieces of its two words; eflomal links the pieces and the links
+    # come back as word links: the compound (source word 0) to target words 0 and 1, the rest one word on.
+    sources, targets = compound_pairs(300, seed=5)
+    tokenizer = train_or_load(sources + targets, "compounds", TokenizerConfig(vocab_size=60), tmp_path)
+    assert len(tokenizer.pieces(tokenizer.encode([sources[0].split()[0]])[0])) >= 2
+    links = eflomal_links(sources, targets, tokenizer=tokenizer, runs=runs, votes=votes)
+    agree = sum(found == compound_links(t) for found, t in zip(links, targets))
+    assert agree >= 0.9 * len(targets)
+
+
+@needs_eflomal
+def test_training_aligns_its_pairs_with_eflomal_on_the_models_pieces(tmp_path):
+    # align.links=eflomal with the defaults (pieces, several runs, a vote): the links the run trains on and keeps
+    # link each compound to both of its words, which eflomal on whole words mostly misses.
+    config = copy_config(tmp_path, 2)
+    sources, targets = compound_pairs(600, seed=6)
+    config.data.train = write_pair(tmp_path / "data", "compounds", sources, targets)
+    config.data.dev = write_pair(tmp_path / "data", "dev", sources[:10], targets[:10])
+    config.align.weight, config.align.links = 1.0, "eflomal"
+    run(config, tmp_path / "run")
+    links = [read_pharaoh(line)[1] for line in (tmp_path / "run" / "alignment_links.txt").read_text().splitlines()]
+    assert len(links) == len(targets)
+    assert sum(found == compound_links(t) for found, t in zip(links, targets)) >= 0.9 * len(targets)
+
+
+@needs_eflomal
+def test_eflomal_refuses_more_votes_than_runs_in_one_line():
+    with pytest.raises(InputError, match="3 of 2 runs"):
+        eflomal_links(["a b"], ["a b"], runs=2, votes=3)
+
+
 @needs_eflomal
 def test_eval_alignment_runs_eflomal_beside_the_prediction_and_the_diagonal(tmp_path):
     sentences = copy_sentences(200, seed=3)
@@ -152,11 +197,23 @@ def test_eval_alignment_runs_eflomal_beside_the_prediction_and_the_diagonal(tmp_
                                                  for s in gold))
     (tmp_path / "first.align").write_text("".join(" ".join(f"0-{j}" for j in range(len(s.split()))) + "\n"
                                                   for s in gold))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold.align"),
-                           str(tmp_path / "first.align"), "--source", str(tmp_path / "gold.de"), "--target",
-                           str(tmp_path / "gold.de"), "--eflomal", prefix, "--languages", "de", "en", "--json"],
-                          capture_output=True, text=True, timeout=600)
+    tokenizer = train_or_load(sentences, "copies", TokenizerConfig(vocab_size=40), tmp_path)
+    tokenizer.save(tmp_path / "spm.model")
+    command = [sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold.align"),
+               str(tmp_path / "first.align"), "--source", str(tmp_path / "gold.de"), "--target",
+               str(tmp_path / "gold.de")]
+    done = subprocess.run(command + ["--eflomal", prefix, "--languages", "de", "en", "--eflomal-pieces",
+                                     str(tmp_path / "spm.model"), "--eflomal-runs", "3", "--eflomal-votes", "2",
+                                     "--json"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     scores = json.loads(done.stdout)
     assert scores["diagonal"]["aer"] == 0.0 and scores["eflomal"]["aer"] < 0.1
+    assert scores["eflomal-pieces"]["aer"] < 0.1 and scores["eflomal-pieces"]["links"] == scores["diagonal"]["links"]
     assert scores["aer"] > 0.5  # the prediction: every word to the first
+    # Pieces without the corpus to align them with, and a file that is not a SentencePiece model: one line each.
+    for extra, message in ((["--eflomal-pieces", str(tmp_path / "spm.model")], "--eflomal-pieces needs --eflomal"),
+                           (["--eflomal", prefix, "--eflomal-pieces", str(tmp_path / "gold.de")],
+                            "not a SentencePiece model")):
+        done = subprocess.run(command + extra, capture_output=True, text=True, timeout=600)
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
