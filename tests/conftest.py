@@ -46,8 +46,10 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
 
 # ---------------------------------------------------------------- train.py as a user runs it
 
+# One eflomal run for the head's links (the default votes over 8): runs on a tiny corpus take eflomal longest, and
+# tests/test_alignment_training.py checks the vote.
 TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
-        "trainer.log_every=4", "trainer.progress=false"]
+        "trainer.log_every=4", "trainer.progress=false", "align.eflomal_runs=1", "align.eflomal_votes=1"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
 
 
