@@ -48,8 +48,10 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
 
 # One eflomal run for the head's links (the default votes over 8): runs on a tiny corpus take eflomal longest, and
 # tests/test_alignment_training.py checks the vote.
+ONE_EFLOMAL_RUN = {"eflomal_runs": 1, "eflomal_votes": 1}
 TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
-        "trainer.log_every=4", "trainer.progress=false", "align.eflomal_runs=1", "align.eflomal_votes=1"]
+        "trainer.log_every=4", "trainer.progress=false",
+        *(f"align.{key}={value}" for key, value in ONE_EFLOMAL_RUN.items())]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
 
 
@@ -74,6 +76,7 @@ def _train(cfg, run_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def trained(small_corpus, tmp_path_factory):
     """A tiny model trained briefly on 300 Multi30k pairs: its run directory."""
+    from mt.alignment_training import AlignmentTrainingConfig
     from mt.config import OptimConfig, TrainConfig, TrainerConfig
     from mt.data import DataConfig
     from mt.model import ModelConfig
@@ -87,6 +90,7 @@ def trained(small_corpus, tmp_path_factory):
                           max_positions=64),
         optim=OptimConfig(lr=3e-3, warmup_steps=20),
         trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
+        align=AlignmentTrainingConfig(**ONE_EFLOMAL_RUN),
     ), run_dir)
     return run_dir
 
