@@ -45,13 +45,18 @@ def read_pairs(args: argparse.Namespace, count: int) -> tuple[list[str], list[st
     return sources, targets
 
 
-def eflomal_with_corpus(sources: list[str], targets: list[str], prefix: str, languages: list[str],
-                        **options) -> list[set]:
-    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first); `options` go to
-    eflomal_links."""
+def read_corpus(prefix: str, languages: list[str]) -> tuple[list[str], list[str]]:
+    """The --eflomal corpus: PREFIX.SRC and PREFIX.TGT, as many lines each."""
     corpus = [list(read_lines(language_file(prefix, lang))) for lang in languages]
     if len(corpus[0]) != len(corpus[1]):
         raise InputError(f"{prefix}: {languages[0]} has {len(corpus[0])} lines but {languages[1]} {len(corpus[1])}")
+    return corpus[0], corpus[1]
+
+
+def eflomal_with_corpus(sources: list[str], targets: list[str], corpus: tuple[list[str], list[str]],
+                        **options) -> list[set]:
+    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first); `options` go to
+    eflomal_links."""
     return eflomal_links(sources + corpus[0], targets + corpus[1], **options)[:len(sources)]
 
 
@@ -75,11 +80,12 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
         sources, targets = read_pairs(args, len(gold))
         aligned["diagonal"] = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
         if args.eflomal:
-            aligned["eflomal"] = eflomal_with_corpus(sources, targets, args.eflomal, args.languages)
+            corpus = read_corpus(args.eflomal, args.languages)
+            aligned["eflomal"] = eflomal_with_corpus(sources, targets, corpus)
         if args.eflomal_pieces:
             aligned["eflomal-pieces"] = eflomal_with_corpus(
-                sources, targets, args.eflomal, args.languages, tokenizer=read_tokenizer(args.eflomal_pieces),
-                runs=args.eflomal_runs, votes=args.eflomal_votes)
+                sources, targets, corpus, tokenizer=read_tokenizer(args.eflomal_pieces), runs=args.eflomal_runs,
+                votes=args.eflomal_votes)
     names = prediction_names(args.pred)
     for name, path in zip(names, args.pred):
         pred = read_alignments(path)
