@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 # Chosen by measurement (docs/memory.md). By default mimalloc hands freed memory back to the system after a delay,
-# and maps objects over its arena limit (the logits of a batch, 65-130 MB) afresh each time; both cost page faults
+# and maps objects over its arena limit (the logits of a batch) afresh each time; both cost page faults
 # on every step. Never purging, and serving objects up to 1 GiB from its arenas, it reuses what it keeps: memory
 # stays flat and training runs at tcmalloc's speed.
 MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1GiB"}
@@ -101,6 +101,6 @@ def allocator_report() -> str:
 
 
 def release_free_memory() -> None:
-    """Hand glibc's free heap pages back to the system (malloc_trim, ~0.2 s); other allocators keep their own."""
+    """Hand glibc's free heap pages back to the system (malloc_trim); other allocators keep their own."""
     if allocator() == "glibc":
         _LIBC.malloc_trim(0)

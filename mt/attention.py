@@ -121,8 +121,8 @@ class MultiHeadAttention(nn.Module):
 
 
 def _fused_is_faster(q: Tensor) -> bool:
-    # Measured with torch 2.13: the fused CPU kernel is 4-5x slower than the explicit path in bfloat16 (and
-    # a little faster in float32); on CUDA the fused kernels win.
+    # The fused CPU kernel is slower than the explicit path in bfloat16, not in float32 (docs/benchmark.md);
+    # on CUDA the fused kernels win.
     return not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
 
 

@@ -9,7 +9,9 @@ import sys
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
+from mt import schema
 from mt.files import InputError
 from mt.interrupt import Interrupted
 
@@ -27,14 +29,23 @@ def one_line_errors():
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_status)
+    except OSError as e:  # a write to stdout or a file no command expected to fail: still one line
+        print(f"error: {e.filename or 'standard output'}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
 def typed(cfg: DictConfig):
-    """The dataclass instance behind a config validated against its schema."""
-    return OmegaConf.to_object(cfg)
+    """The dataclass instance behind a config validated against its schema: a required key left unset, a number
+    out of its range or a key the schema does not know is one line (InputError)."""
+    try:
+        settings = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise InputError(f"{e.full_key}: required, and not given (add {e.full_key}=...)") from None
+    schema.check(settings)
+    return settings
 
 
 def run_dir() -> str:

@@ -2,8 +2,9 @@
 key, a value of the wrong type or a choice that does not exist is refused before anything runs.
 
 Each room declares its own settings (DataConfig in mt/data.py, ModelConfig in mt/model.py, SearchSettings in
-mt/translator.py, LinkSettings in mt/aligner.py); this module composes them, and every default has its one
-source in those dataclasses. configs/*.yaml hold only what differs from them (a corpus, a model size).
+mt/translator.py, LinkSettings in mt/alignment/model_links.py, AlignmentTrainingConfig in mt/alignment/head.py);
+this module composes them, and every default has its one source in those dataclasses. mt/configs/*.yaml hold only
+what differs from them (a corpus, a model size).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from mt.aligner import LinkSettings
-from mt.alignment_training import AlignmentTrainingConfig
+from mt.alignment.head import AlignmentTrainingConfig
+from mt.alignment.model_links import LinkSettings
 from mt.data import DataConfig
 from mt.hardware import Device, Precision
 from mt.model import ModelConfig
+from mt.schema import bounded
 from mt.translator import SearchSettings
 
 
@@ -30,36 +32,38 @@ class Optimizer(str, Enum):
 @dataclass
 class OptimConfig:
     name: Optimizer = Optimizer.adam
-    lr: float = 2e-3  # peak, reached at the end of warm-up, then decays as 1/sqrt(step)
-    warmup_steps: int = 1000
+    lr: float = bounded(2e-3, above=0)  # peak, reached at the end of warm-up, then decays as 1/sqrt(step)
+    warmup_steps: int = bounded(1000, low=0)
     betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-9
-    weight_decay: float = 0.0
+    eps: float = bounded(1e-9, above=0)
+    weight_decay: float = bounded(0.0, low=0)
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = 6000  # optimizer steps; training stops at whichever of the two limits comes first
-    max_epochs: Optional[int] = None
-    eval_every: int = 500  # steps between dev evaluations (BLEU, checkpoints, heatmaps)
-    log_every: int = 100
-    patience: int = 0  # stop after this many evaluations without a better dev BLEU; 0 never stops early
-    accum_steps: int = 1  # batches per optimizer step
-    clip_norm: float = 1.0  # 0 disables clipping
-    label_smoothing: float = 0.1
+    # optimizer steps; training stops at whichever of the two limits comes first
+    max_steps: Optional[int] = bounded(6000, low=1)
+    max_epochs: Optional[int] = bounded(None, low=1)
+    eval_every: int = bounded(500, low=1)  # steps between dev evaluations (BLEU, checkpoints, heatmaps)
+    log_every: int = bounded(100, low=1)
+    patience: int = bounded(0, low=0)  # stop after this many evaluations without a better dev BLEU; 0 never stops early
+    accum_steps: int = bounded(1, low=1)  # batches per optimizer step
+    clip_norm: float = bounded(1.0, low=0)  # 0 disables clipping
+    label_smoothing: float = bounded(0.1, low=0, below=1)
     seed: int = 1
     device: Device = Device.auto
     precision: Precision = Precision.auto
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     # Above 0, an exponential moving average of the weights (this decay, warmed up) is evaluated beside them, and
     # best.pt holds whichever scores higher on dev.
-    ema_decay: float = 0.999
-    keep_checkpoints: int = 5  # evaluation checkpoints kept as checkpoints/step_N.pt (scripts/average_checkpoints.py)
+    ema_decay: float = bounded(0.999, low=0, below=1)
+    # evaluation checkpoints kept as checkpoints/step_N.pt (scripts/average_checkpoints.py)
+    keep_checkpoints: int = bounded(5, low=0)
     # dev/test decoding: greedy, with translate.py's limits, so both decode the same batches
-    eval_batch_tokens: int = SearchSettings.batch_tokens
-    max_len_a: float = SearchSettings.max_len_a
-    max_len_b: int = SearchSettings.max_len_b
-    heatmap_sentences: int = 3  # dev sentences whose cross-attention is drawn at each evaluation
+    eval_batch_tokens: int = bounded(SearchSettings.batch_tokens, low=1)
+    max_len_a: float = bounded(SearchSettings.max_len_a, low=0)
+    max_len_b: int = bounded(SearchSettings.max_len_b, low=0)
+    heatmap_sentences: int = bounded(3, low=0)  # dev sentences whose cross-attention is drawn at each evaluation
     progress: bool = True  # a progress bar on stderr
 
 
@@ -83,7 +87,7 @@ class TranslateConfig(SearchSettings):
     alignments: Optional[str] = None  # Pharaoh `i-j` word links (source-target), one line per input line
     attention_dump: Optional[str] = None  # JSON lines: subword tokens and the raw attention matrix per sentence
     tensorboard: Optional[str] = None  # a log dir with heatmaps of the first tensorboard_sentences sentences
-    tensorboard_sentences: int = 10
+    tensorboard_sentences: int = bounded(10, low=0)
     align: LinkSettings = field(default_factory=LinkSettings)  # how the alignments are read
 
 
@@ -93,7 +97,7 @@ class AlignConfig(LinkSettings):
     source: str = "???"
     target: str = "???"
     output: str = "-"  # Pharaoh lines, one per pair; - for stdout
-    batch_tokens: int = SearchSettings.batch_tokens
+    batch_tokens: int = bounded(SearchSettings.batch_tokens, low=1)
     device: Device = Device.auto
     precision: Precision = Precision.auto
 

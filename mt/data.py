@@ -14,14 +14,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import datasets
 import numpy as np
 import torch
 
 from mt.files import InputError, read_parallel
+from mt.schema import bounded
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerConfig
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +47,15 @@ class DataConfig:
     hub_name: Optional[str] = None
     hub_config: Optional[str] = None
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
-    train_limit: Optional[int] = None  # use only the first N training pairs
-    max_len: int = 128  # subword tokens per side, end-of-sentence included; longer training pairs are dropped
-    max_len_ratio: float = 3.0  # drop training pairs whose longer side is more than this times the shorter
-    batch_tokens: int = 4096  # padded tokens per batch (the longer side counts)
+    train_limit: Optional[int] = bounded(None, low=1)  # use only the first N training pairs
+    # subword tokens per side, end-of-sentence included; longer training pairs are dropped
+    max_len: int = bounded(128, low=2)
+    # drop training pairs whose longer side is more than this times the shorter
+    max_len_ratio: float = bounded(3.0, low=1)
+    batch_tokens: int = bounded(4096, low=1)  # padded tokens per batch (the longer side counts)
     # Above 0, training text is segmented afresh each time it is read, sampled from the unigram model with
     # SentencePiece's alpha (subword regularization, Kudo 2018); 0 reads the one best segmentation.
-    sampling_alpha: float = 0.0
+    sampling_alpha: float = bounded(0.0, low=0, high=1)
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -68,6 +73,7 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
 
 
 def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
+    import datasets  # here: commands that never load a corpus start faster
     prefixes = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
     missing = [name for name in ("train", "dev") if not prefixes[name]]
     if missing:
@@ -92,6 +98,7 @@ def _pairs(src_path: str, tgt_path: str) -> Iterator[dict]:
 
 
 def _load_file_pair(src_path: str, tgt_path: str, cache_dir: str) -> datasets.Dataset:
+    import datasets  # here: commands that never load a corpus start faster
     for path in (src_path, tgt_path):
         if not Path(path).is_file():
             raise InputError(f"{path}: no such file")
@@ -109,6 +116,7 @@ def _load_file_pair(src_path: str, tgt_path: str, cache_dir: str) -> datasets.Da
 
 
 def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
+    import datasets  # here: commands that never load a corpus start faster
     if not cfg.hub_name:
         raise InputError("data.hub_name is not set: give a Hub dataset, e.g. data.hub_name=iwslt2017 "
                          "data.hub_config=iwslt2017-de-en")
@@ -165,6 +173,7 @@ def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:
 
 def encode(split: datasets.Dataset, tokenizer: Tokenizer, keep_text: bool) -> datasets.Dataset:
     """Add ids and lengths; the result is cached in Arrow under (split, tokenizer)."""
+    import datasets  # here: commands that never load a corpus start faster
     features = datasets.Features({
         **({"src": datasets.Value("string"), "tgt": datasets.Value("string")} if keep_text else {}),
         "src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32")),
@@ -179,7 +188,7 @@ def encode(split: datasets.Dataset, tokenizer: Tokenizer, keep_text: bool) -> da
 
 
 def column(split: datasets.Dataset, name: str) -> np.ndarray:
-    """A numeric column as one array, straight from Arrow (the numpy format took 30 s a column per million rows)."""
+    """A numeric column as one array, straight from Arrow (the numpy format is far slower: docs/memory.md)."""
     return split.with_format("arrow")[name].to_numpy()
 
 

@@ -3,9 +3,11 @@ atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -63,16 +65,67 @@ def _count_mismatch(src_path: str, src_count: int, tgt_path: str, tgt_count: int
 
 
 def open_output(stack: ExitStack, name: Optional[str]) -> Optional[TextIO]:
-    """A UTF-8 text file to write, its folder made if missing ("-": stdout; None: none), closed with `stack`."""
+    """A UTF-8 text file to write, its folder made if missing ("-": stdout; None: none), closed with `stack`. A
+    regular file is written beside itself and renamed over it when `stack` closes without an error, so a run that
+    fails leaves the previous file as it was; a special file (/dev/null, a terminal) is written directly."""
     if name is None:
         return None
     if name == "-":
         return sys.stdout
+    return stack.enter_context(_output(Path(name)))
+
+
+@contextlib.contextmanager
+def _output(path: Path) -> Iterator[TextIO]:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a file to write")
+    direct = path.exists() and not path.is_file()  # a device or a pipe: there is nothing to rename over
+    written = path if direct else path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
-        Path(name).parent.mkdir(parents=True, exist_ok=True)
-        return stack.enter_context(open(name, "w", encoding="utf-8"))
-    except OSError as e:
-        raise InputError(f"{name}: cannot write it ({e.strerror or e})") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(written, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            if not direct:
+                os.fsync(f.fileno())
+        if not direct:
+            os.replace(written, path)
+    except OSError as e:  # a full disk, a file-size limit, no permission
+        raise InputError(f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept"
+                         ) from None
+    finally:
+        if not direct:
+            written.unlink(missing_ok=True)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: after links and relative parts, or as hard links of one inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, Optional[str]], inputs: dict[str, Optional[str]]) -> None:
+    """Refuse, in one line, an output (key -> path; None or - for none or stdout) that is one of the inputs, another
+    output, or a checkpoint: nothing a command writes may destroy what it reads or a finished model."""
+    named = {key: Path(path) for key, path in outputs.items() if path not in (None, "-")}
+    sources = {key: Path(path) for key, path in inputs.items() if path not in (None, "-")}
+    seen: dict[str, Path] = {}
+    for key, path in named.items():
+        for other, source in sources.items():
+            if same_file(path, source):
+                raise InputError(f"{key}={path} is the input {other}={source}: it would be overwritten; choose "
+                                 "another output file")
+        for other, earlier in seen.items():
+            if same_file(path, earlier):
+                raise InputError(f"{key}={path} is also {other}: two outputs cannot share one file")
+        if path.is_file() and zipfile.is_zipfile(path):
+            raise InputError(f"{key}={path} holds a checkpoint (or another zip archive): it would be overwritten; "
+                             "choose another output file")
+        seen[key] = path
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -100,3 +153,45 @@ def remove_partial_writes(folder: str | os.PathLike) -> None:
     """Delete the temporary files of writes that a killed process never finished."""
     for partial in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
         partial.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def point_link(link: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make `link` a symbolic link to `target` (relative where it can be), replacing an older link atomically."""
+    link, target = Path(link), Path(target)
+    try:
+        relative = os.path.relpath(target.resolve(), link.parent.resolve())
+    except ValueError:  # another drive (Windows)
+        relative = str(target.resolve())
+    temporary = link.with_name(link.name + PARTIAL_SUFFIX)
+    temporary.unlink(missing_ok=True)
+    os.symlink(relative, temporary)
+    os.replace(temporary, link)
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, what: str):
+    """Hold `folder` for this process alone while the block runs (an advisory lock on folder/.lock, which the
+    system releases when the process ends, however it ends); another process holding it is one line."""
+    import fcntl  # POSIX only, as the allocator and signals here are
+
+    path = Path(folder) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise InputError(f"{folder}: in use by {holder}; wait for it to end, or choose another folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{what} (pid {os.getpid()})\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

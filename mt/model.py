@@ -14,22 +14,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.attention import KVCache, MultiHeadAttention
+from mt.schema import bounded
 
 
 @dataclass
 class ModelConfig:
     vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    ffn_dim: int = 1024
-    dropout: float = 0.3  # on the embeddings and every sublayer's output (0.1 overfits Multi30k: docs/recipe.md)
-    attention_dropout: float = 0.0  # on the attention weights
-    activation_dropout: float = 0.0  # inside the feed-forward block, after the ReLU
+    d_model: int = bounded(256, low=1)
+    n_heads: int = bounded(4, low=1)
+    encoder_layers: int = bounded(3, low=1)
+    decoder_layers: int = bounded(3, low=1)
+    ffn_dim: int = bounded(1024, low=1)
+    # on the embeddings and every sublayer's output (0.1 overfits Multi30k: docs/recipe.md)
+    dropout: float = bounded(0.3, low=0, below=1)
+    attention_dropout: float = bounded(0.0, low=0, below=1)  # on the attention weights
+    activation_dropout: float = bounded(0.0, low=0, below=1)  # inside the feed-forward block, after the ReLU
     pre_norm: bool = True
     tie_embeddings: bool = True
-    max_positions: int = 256
+    max_positions: int = bounded(256, low=2)
     pad_id: int = 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from mt.files import write_atomically
+from mt.schema import bounded
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,12 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 8000
+    vocab_size: int = bounded(8000, low=4)
     model_type: str = "unigram"
-    character_coverage: float = 1.0
-    # SentencePiece trains on this many sentences, sampled: plenty for a vocabulary of 8k-32k, and memory stays
-    # near training's (measured on 1M synthetic pairs: 500k sentences peak at 2.0 GB, 2M at 6.0 GB).
-    input_sentence_size: int = 500_000
+    character_coverage: float = bounded(1.0, above=0, high=1)
+    # SentencePiece trains on this many sentences, sampled: plenty for a vocabulary of 8k-32k, and its memory stays
+    # near training's (docs/memory.md).
+    input_sentence_size: int = bounded(500_000, low=1)
     seed: int = 1
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -23,29 +22,24 @@ from tqdm import tqdm
 
 from mt import data as corpus_data
 from mt import distributed
-from mt.alignment_training import LinkSource, links_from_model, trained_head
+from mt.alignment.head import trained_head
 from mt.allocator import allocator_report, release_free_memory
 from mt.averaging import ExponentialMovingAverage
-from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from mt.checkpoint import RunCheckpoints, check_resumable, load_checkpoint, model_payload
 from mt.config import OptimConfig, Optimizer, TrainConfig
-from mt.evaluate import Scores, score
-from mt.files import InputError, remove_partial_writes, write_atomically
-from mt.hardware import autocast_for, peak_memory_mb, resident_memory_mb, select_device, select_precision
-from mt.heatmap import attention_figure
+from mt.evaluate import Scores
+from mt.files import InputError, write_text
+from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import alignment_loss, label_smoothed_cross_entropy
 from mt.model import Transformer
-from mt.search import greedy_search, score_outputs
 from mt.tokenizer import PAD_ID
 from mt.training_data import TrainingData
-from mt.translator import LoadedModel, SearchSettings, Translator
+from mt.training_log import TrainingLog
+from mt.validation import Validation
 
 log = logging.getLogger(__name__)
 
-WINDOW_SUMS = ("loss_sum", "nll_sum", "alignment_sum", "tokens")  # summed over the steps between two log lines
-
-
-# ---------------------------------------------------------------- optimization
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[cfg.name]
@@ -57,12 +51,21 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     return optimizer, schedule
 
 
-# ---------------------------------------------------------------- the run
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Where training ends: trainer.max_steps or trainer.max_epochs, whichever comes first."""
+    t = cfg.trainer
+    limits = [t.max_steps] if t.max_steps else []
+    if t.max_epochs:
+        limits.append(t.max_epochs * max(1, batches_per_epoch // t.accum_steps))
+    if not limits:
+        raise InputError("set trainer.max_steps or trainer.max_epochs (or both): training needs an end")
+    return min(limits)
+
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.world, self.device = distributed.join(select_device(cfg.trainer.device))
         if not self.world.is_main:
             logging.getLogger("mt").setLevel(logging.WARNING)  # one log: rank 0's
@@ -70,14 +73,13 @@ class Trainer:
         self.autocast = autocast_for(self.precision, self.device)
         torch.manual_seed(cfg.trainer.seed)
         if self.world.is_main:
-            remove_partial_writes(self.ckpt_dir)  # left by a process killed while saving
+            self.checkpoints.remove_partial_writes()
 
         aligning = cfg.align.weight > 0
         self.data = TrainingData(cfg, self.world, self.run_dir, aligning)
         self.tokenizer = self.data.tokenizer
-        own_links = cfg.align.links == LinkSource.self
         self.alignment_head = (trained_head(cfg.align, cfg.model.decoder_layers, cfg.model.n_heads)
-                               if aligning and (own_links or self.data.has_links) else None)
+                               if aligning and self.data.has_links else None)
 
         self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=PAD_ID)
         self.model = Transformer(self.model_cfg).to(self.device)
@@ -86,6 +88,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.validation = Validation(self.model, self.tokenizer, t, self.device, self.precision)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.stale_evals = -1.0, 0
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
@@ -96,14 +99,13 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
 
-    def _checkpoint_content(self) -> dict:
+    def _state(self) -> dict:
+        """last.pt: what translating needs, and everything a resumed run needs to go on as if never stopped."""
         return {
             **self._model_payload(),
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_bleu": self.best_bleu, "stale_evals": self.stale_evals,
             "rng": torch.get_rng_state(),
@@ -111,49 +113,36 @@ class Trainer:
         }
 
     def _model_payload(self) -> dict:
-        """What translating needs; the alignment head is named once it has trained."""
-        return model_payload(self.model, self.tokenizer, self.alignment_head if self._aligning() else None)
+        return model_payload(self.model, self.tokenizer, self.alignment_head)
 
     def _save(self, best: tuple[str, Scores] | None = None, dev: Scores | None = None) -> None:
-        """last.pt; after an evaluation (`dev`: the raw weights' scores) also checkpoints/step_N.pt, and best.pt
-        when `best` (which weights, their scores) is a new best."""
-        content = self._checkpoint_content()
-        # best.pt before last.pt: a crash between the two leaves last.pt older, and resuming from it redoes
-        # this evaluation and writes best.pt again. The other order could leave a best.pt that resume never fixes.
+        """last.pt; after an evaluation (`dev`: the raw weights' scores) also step_N.pt, and best.pt when `best`
+        (which weights, their scores) is a new best."""
+        state = self._state()
+        best_content = evaluated = None
         if best is not None:
             weights, scores = best
-            model = content["model"]
+            model = state["model"]
             if weights == "ema":
                 with self.ema.swapped_in(self.model):
                     model = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-            save_checkpoint(self.ckpt_dir / "best.pt", {**content, "model": model, "weights": weights,
-                                                        "dev": dataclasses.asdict(scores)})
-        if dev is not None and self.cfg.trainer.keep_checkpoints > 0:
-            save_checkpoint(self.ckpt_dir / f"step_{self.step}.pt",
-                            {**self._model_payload(), "step": self.step, "dev": dataclasses.asdict(dev)})
-            kept = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-            for old in kept[:-self.cfg.trainer.keep_checkpoints]:
-                old.unlink()
-        save_checkpoint(self.ckpt_dir / "last.pt", content)
+            best_content = {**state, "model": model, "weights": weights, "dev": dataclasses.asdict(scores)}
+        if dev is not None:
+            evaluated = {**self._model_payload(), "step": self.step, "dev": dataclasses.asdict(dev)}
+        self.checkpoints.save(state, self.step, best_content, evaluated)
 
     def resume(self) -> None:
-        path = self.ckpt_dir / "last.pt"
+        path = self.checkpoints.last
         # Rank 0 reads the checkpoint and sends it: other nodes need no shared file system.
         state = distributed.from_main(self.world, load_checkpoint(path) if self.world.is_main and path.exists()
                                       else None)
         if state is None:
             log.info("trainer.resume: no %s yet, starting from scratch", path)
             return
-        if state["model_config"] != dataclasses.asdict(self.model_cfg):
-            raise InputError(f"{path}: its model settings differ from this run's ({state['model_config']}); "
-                             "resume with the same model.* and data.tokenizer.* settings")
-        if state["spm_model"] != self.tokenizer.model_bytes:
-            raise InputError(f"{path}: its SentencePiece vocabulary differs from this run's; resume with the same "
-                             "data and data.tokenizer.* settings")
+        check_resumable(state, path, self.model_cfg, self.tokenizer.model_bytes)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        for part in ("optimizer", "schedule", "scaler"):
+            getattr(self, part).load_state_dict(state[part])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:
@@ -167,33 +156,6 @@ class Trainer:
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     # ------------------------------------------------------------ steps
-
-    def _micro_batches(self):
-        """Training batches in order, forever, from the current (epoch, batch_in_epoch)."""
-        while True:
-            order = self.data.batches.epoch(self.epoch)
-            while self.batch_in_epoch < len(order):
-                indices = order[self.batch_in_epoch]
-                self.batch_in_epoch += 1
-                yield self.data.batch(indices, self.epoch, self.batch_in_epoch - 1)
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-    def _aligning(self) -> bool:
-        """Whether the alignment head trains now (its links are there)."""
-        return self.alignment_head is not None and self.data.has_links
-
-    def _read_own_links(self) -> None:
-        """align.links=self: the model's own symmetrized shift-att links of the training pairs, from now on."""
-        lines = self.data.saved_links()
-        if lines is None:
-            log.info("step %d: reading the model's own links of %d training pairs", self.step, len(self.data.train))
-            self.model.eval()
-            lines = links_from_model(LoadedModel(self.model, self.tokenizer, None), list(self.data.train["src"]),
-                                     list(self.data.train["tgt"]), self.cfg.align.reverse_checkpoint,
-                                     self.cfg.trainer.eval_batch_tokens, self.device, self.precision)
-            self.model.train()
-            self.data.save_links(lines)
-        self.data.add_links(lines)
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
         """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
@@ -235,139 +197,59 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, split) -> Scores:
-        """Greedy translations of a split's sources (exactly as translate.py beam_size=1 gives them), scored."""
-        t = self.cfg.trainer
-        settings = SearchSettings(beam_size=1, max_len_a=t.max_len_a, max_len_b=t.max_len_b,
-                                  batch_tokens=t.eval_batch_tokens)
-        was_training = self.model.training
-        self.model.eval()
-        hyps = Translator(self.model, self.tokenizer, settings, self.device, self.precision).best(list(split["src"]))
-        self.model.train(was_training)
-        return score(hyps, list(split["tgt"]))
-
-    @torch.no_grad()
-    def draw_heatmaps(self, writer: SummaryWriter) -> None:
-        count = min(self.cfg.trainer.heatmap_sentences, len(self.data.dev))
-        if count == 0:
-            return
-        self.model.eval()
-        batch = corpus_data.collate(self.data.dev, list(range(count)), self.data.max_len).to(self.device)
-        outputs = greedy_search(self.model, batch.src, self.cfg.trainer.max_len_a, self.cfg.trainer.max_len_b).tokens
-        attention = score_outputs(self.model, batch.src, outputs, need_attention=True).attention
-        for i in range(count):
-            src_ids = [t for t in batch.src[i].tolist() if t != PAD_ID]
-            layers = [layer.mean(dim=0) for layer in attention[i]]  # heads averaged
-            fig = attention_figure(layers, self.tokenizer.pieces(src_ids), self.tokenizer.pieces(outputs[i]) + ["</s>"],
-                                   title=f"dev sentence {i}, step {self.step}")
-            writer.add_figure(f"attention/dev_{i}", fig, self.step)
-        self.model.train()
-
     def _eval_and_save(self, writer: SummaryWriter | None) -> bool:
         """Evaluate on dev and write checkpoints (rank 0); True on every rank if training should stop early."""
-        stop = self._eval_and_save_main(writer) if self.world.is_main else None
+        stop = None
+        if self.world.is_main:
+            candidates = self.validation.candidates(self.data.dev, self.ema)
+            for weights, scores in candidates:
+                log.info("step %d dev%s %s", self.step, ", weight average:" if weights == "ema" else "", scores)
+                suffix = "_ema" if weights == "ema" else ""
+                writer.add_scalar(f"dev/bleu{suffix}", scores.bleu, self.step)
+                writer.add_scalar(f"dev/chrf{suffix}", scores.chrf, self.step)
+            self.validation.draw_heatmaps(writer, self.data.dev, self.data.max_len, self.step)
+            best = max(candidates, key=lambda candidate: candidate[1].bleu)
+            improved = best[1].bleu > self.best_bleu
+            self.best_bleu, self.stale_evals = (best[1].bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
+            self._save(best if improved else None, candidates[0][1])
+            writer.flush()
+            stop = 0 < self.cfg.trainer.patience <= self.stale_evals
         return distributed.from_main(self.world, stop)
 
-    def _eval_and_save_main(self, writer: SummaryWriter) -> bool:
-        dev = self.evaluate(self.data.dev)
-        log.info("step %d dev %s", self.step, dev)
-        candidates = [("raw", dev)]
-        if self.ema is not None:
-            with self.ema.swapped_in(self.model):
-                candidates.append(("ema", self.evaluate(self.data.dev)))
-            log.info("step %d dev, weight average: %s", self.step, candidates[-1][1])
-        for weights, scores in candidates:
-            suffix = "_ema" if weights == "ema" else ""
-            writer.add_scalar(f"dev/bleu{suffix}", scores.bleu, self.step)
-            writer.add_scalar(f"dev/chrf{suffix}", scores.chrf, self.step)
-        self.draw_heatmaps(writer)
-        best = max(candidates, key=lambda candidate: candidate[1].bleu)
-        improved = best[1].bleu > self.best_bleu
-        self.best_bleu, self.stale_evals = (best[1].bleu, 0) if improved else (self.best_bleu, self.stale_evals + 1)
-        self._save(best if improved else None, dev)
-        writer.flush()
-        patience = self.cfg.trainer.patience
-        return patience > 0 and self.stale_evals >= patience
-
     # ------------------------------------------------------------ loop
-
-    def _steps_per_epoch(self) -> int:
-        return max(1, len(self.data.batches.epoch(0)) // self.cfg.trainer.accum_steps)
-
-    def _total_steps(self) -> int:
-        t = self.cfg.trainer
-        limits = [t.max_steps] if t.max_steps else []
-        if t.max_epochs:
-            limits.append(t.max_epochs * self._steps_per_epoch())
-        if not limits:
-            raise InputError("set trainer.max_steps or trainer.max_epochs (or both): training needs an end")
-        return min(limits)
-
-    @staticmethod
-    def _new_window() -> dict:
-        return {**dict.fromkeys(WINDOW_SUMS, 0.0), "start": time.perf_counter()}
-
-    def _log_window(self, window: dict, stats: dict, writer: SummaryWriter | None, bar: tqdm) -> tuple[float, float]:
-        """Log the steps since the last log (all ranks' sums); returns their target tokens and seconds."""
-        seconds = time.perf_counter() - window["start"]
-        sums = dict(zip(WINDOW_SUMS, distributed.sum_over_ranks(self.world, [window[k] for k in WINDOW_SUMS],
-                                                                 self.device)))
-        tokens = sums["tokens"]
-        loss, nll, speed = sums["loss_sum"] / tokens, sums["nll_sum"] / tokens, tokens / seconds
-        if writer is not None:
-            scalars = {"loss": loss, "ppl": math.exp(min(nll, 50)), "lr": stats["lr"], "grad_norm": stats["grad_norm"],
-                       "tokens_per_s": speed, "memory_mb": resident_memory_mb()}
-            if self._aligning():
-                scalars["alignment_loss"] = sums["alignment_sum"] / tokens
-            for name, value in scalars.items():
-                writer.add_scalar(f"train/{name}", value, self.step)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=self.epoch)
-        return tokens, seconds
-
-    def _needs_own_links(self) -> bool:
-        a = self.cfg.align
-        return (self.alignment_head is not None and a.links == LinkSource.self and not self._aligning()
-                and self.step >= a.start_step)
 
     def train(self) -> dict:
         """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
-        total = self._total_steps()
+        total = total_steps(self.cfg, len(self.data.batches.epoch(0)))
         if self.world.active:
             # broadcast_buffers=False: the only buffer is the fixed position table.
             self.replicas = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
         writer = SummaryWriter(str(self.run_dir / "tb")) if self.world.is_main else None
-        batches = self._micro_batches()
+        batches = self.data.stream(self)  # moves self.epoch and self.batch_in_epoch along
         bar = tqdm(total=total, initial=self.step, disable=not (t.progress and self.world.is_main), unit="step",
                    dynamic_ncols=True)
-        window = self._new_window()
-        trained_tokens, trained_seconds = 0, 0.0
+        progress = TrainingLog(self.world, self.device, writer, bar)
         stop_early = False
         self.model.train()
         with StopRequests() as stop:
             while self.step < total and not stop_early:
-                if self._needs_own_links():
-                    self._read_own_links()
                 stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
-                for key in WINDOW_SUMS:
-                    window[key] += stats[key]
-                bar.update(1)
+                progress.add(stats)
                 if self.step % t.log_every == 0 or self.step == total:
-                    tokens, seconds = self._log_window(window, stats, writer, bar)
-                    trained_tokens, trained_seconds = trained_tokens + tokens, trained_seconds + seconds
+                    progress.report(stats, self.step, self.epoch, self.alignment_head is not None)
                     release_free_memory()
-                    window = self._new_window()
                 if self.step % t.eval_every == 0 or self.step == total:
                     bar.clear()
-                    stop_early = self._eval_and_save(writer)
+                    with progress.clock_paused():
+                        stop_early = self._eval_and_save(writer)
                     if stop_early:
                         log.info("no dev BLEU gain in %d evaluations: stopping early at step %d", t.patience, self.step)
-                    window["start"] = time.perf_counter()  # evaluation time is not training speed
                 if distributed.any_rank(self.world, stop.signum is not None, self.device):
                     self._stop_on_signal(stop.signum, bar, writer)
         bar.close()
-        results = self.final_scores(writer, trained_tokens / max(trained_seconds, 1e-9)) if self.world.is_main else {}
+        results = self.final_scores(writer, progress.tokens_per_second) if self.world.is_main else {}
         if writer is not None:
             writer.close()
         return results
@@ -377,49 +259,23 @@ class Trainer:
         if self.world.is_main:
             self._save()
             writer.close()
-        raise Interrupted(f"stopped at step {self.step}: saved {self.ckpt_dir / 'last.pt'}; continue with "
+        raise Interrupted(f"stopped at step {self.step}: saved {self.checkpoints.last}; continue with "
                           "trainer.resume=true (and the same hydra.run.dir)", signum or 15)
 
     def final_scores(self, writer: SummaryWriter, tokens_per_s: float) -> dict:
-        best = load_checkpoint(self.ckpt_dir / "best.pt", self.device)
+        """best.pt's scores on the test sets, written with the run's figures to results.json."""
+        best = load_checkpoint(self.checkpoints.best, self.device)
         self.model.load_state_dict(best["model"])
         results = {
             "best_step": best["step"], "best_weights": best["weights"], "steps": self.step,
-            "precision": self.precision,
-            "processes": self.world.size,
-            "decoding": {"beam_size": 1, "max_len_a": self.cfg.trainer.max_len_a,
-                         "max_len_b": self.cfg.trainer.max_len_b, "batch_tokens": self.cfg.trainer.eval_batch_tokens},
-            "train_target_tokens_per_s": round(tokens_per_s, 1),
-            "dev": best["dev"], "test": {},
+            "precision": self.precision, "processes": self.world.size, "decoding": self.validation.decoding(),
+            "train_target_tokens_per_s": round(tokens_per_s, 1), "dev": best["dev"], "test": {},
         }
         for name, split in self.data.tests.items():
-            scores = self.evaluate(split)
+            scores = self.validation.scores(split)
             log.info("test %s (best checkpoint, step %d): %s", name, best["step"], scores)
             writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])
             results["test"][name] = dataclasses.asdict(scores)
         write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        log.info("done: %s/checkpoints/best.pt (scores in %s/results.json)", self.run_dir, self.run_dir)
+        log.info("done: %s (scores in %s)", self.checkpoints.best, self.run_dir / "results.json")
         return results
-
-
-def write_text(path: Path, text: str) -> None:
-    write_atomically(path, lambda f: f.write(text.encode()))
-
-
-def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
-    """Train as configured, writing everything into run_dir; returns what results.json holds ({} off rank 0)."""
-    run_dir = Path(run_dir)
-    trainer = None
-    try:
-        trainer = Trainer(cfg, run_dir)
-        if trainer.world.is_main:
-            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-            log.info("run directory: %s", run_dir)
-        if cfg.trainer.resume:
-            trainer.resume()
-        results = trainer.train()
-        distributed.wait_for_all(trainer.world)
-        return results
-    finally:
-        if trainer is not None:
-            distributed.leave(trainer.world)

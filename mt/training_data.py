@@ -16,11 +16,11 @@ import numpy as np
 
 from mt import data as corpus_data
 from mt import distributed
-from mt.alignment_training import LinkSource, gold_distributions, links_from_eflomal, links_from_file
+from mt.alignment.eflomal import INSTALL as EFLOMAL_INSTALL
+from mt.alignment.eflomal import eflomal_command
+from mt.alignment.head import LinkSource, gold_distributions, links_from_eflomal, links_from_file
 from mt.config import TrainConfig
-from mt.eflomal_aligner import INSTALL as EFLOMAL_INSTALL
-from mt.eflomal_aligner import eflomal_command
-from mt.files import InputError, write_atomically
+from mt.files import InputError, write_text
 from mt.tokenizer import Tokenizer, train_or_load
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 
 class TrainingData:
     def __init__(self, cfg: TrainConfig, world: distributed.World, run_dir: Path, aligning: bool):
-        """`aligning`: an alignment head trains, so the training pairs need links (from a file or eflomal now,
-        or from the model later: `add_links`). Where eflomal is missing, `aligning` turns False."""
+        """`aligning`: an alignment head trains, so the training pairs need links (from a file or eflomal)."""
         self.cfg, self.world, self.run_dir = cfg, world, run_dir
         if cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
             raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
@@ -43,14 +42,13 @@ class TrainingData:
                 tokenizer.save(run_dir / "spm.model")
         self.tokenizer = Tokenizer(distributed.from_main(world, tokenizer.model_bytes if world.is_main else None))
 
-        own_links = aligning and cfg.align.links == LinkSource.self
-        # Sampled segmentations and the model's own links are made from the text: the training split keeps it then.
-        keep_text = cfg.data.sampling_alpha > 0 or own_links
+        # Sampled segmentations are made from the text: the training split keeps it then.
+        keep_text = cfg.data.sampling_alpha > 0
         with distributed.main_first(world):
             encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
                        for name, split in corpus.items()}
         train = encoded.pop("train")
-        if aligning and not own_links:
+        if aligning:
             # Read before filtering, so each pair keeps its links.
             links = distributed.from_main(world, self._links(corpus["train"]) if world.is_main else None)
             if links is not None:
@@ -67,6 +65,17 @@ class TrainingData:
     @property
     def has_links(self) -> bool:
         return "links" in self.train.column_names
+
+    def stream(self, position):
+        """Training batches in order, forever, from `position`'s (epoch, batch_in_epoch), which it moves along (a
+        checkpoint saves them: a resumed run goes on with the batch an uninterrupted one would have taken)."""
+        while True:
+            order = self.batches.epoch(position.epoch)
+            while position.batch_in_epoch < len(order):
+                indices = order[position.batch_in_epoch]
+                position.batch_in_epoch += 1
+                yield self.batch(indices, position.epoch, position.batch_in_epoch - 1)
+            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
 
     def batch(self, indices: list[int], epoch: int, batch_in_epoch: int) -> corpus_data.Batch:
         """Training pairs `indices` as tensors, with their gold links if they have them; `epoch` and
@@ -119,13 +128,5 @@ class TrainingData:
                 return None
             lines = links_from_eflomal(a, list(train["src"]), list(train["tgt"]), self.tokenizer,
                                        Path(self.cfg.data.cache_dir) / "alignments", train._fingerprint)
-        self.save_links(lines)
+        write_text(self.links_path, "".join(line + "\n" for line in lines))
         return lines
-
-    def save_links(self, lines: list[str]) -> None:
-        if self.world.is_main:
-            write_atomically(self.links_path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
-
-    def add_links(self, lines: list[str]) -> None:
-        """Links of the (filtered) training pairs, found during training (align.links=self)."""
-        self.train = self.train.add_column("links", lines)

@@ -10,11 +10,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mt.alignment.links import select_heads
 from mt.checkpoint import load_checkpoint
 from mt.data import decoding_batches, pad_rows
 from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
 from mt.model import DecoderOutput, ModelConfig, Transformer
+from mt.schema import bounded
 from mt.search import Hypothesis, beam_search, greedy_search, length_penalty
 from mt.tokenizer import EOS_ID, Tokenizer
 
@@ -23,40 +25,55 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchSettings:
-    beam_size: int = 5  # 1 is greedy search (as training's evaluation decodes)
-    nbest: int = 1  # above 1, output lines are `i ||| translation ||| score`, best first
-    length_penalty: float = 1.2  # GNMT alpha: scores are log-probabilities / ((5 + length) / 6) ** alpha
-    max_len_a: float = 1.5  # at most a * source length + b output tokens
-    max_len_b: int = 10
-    batch_tokens: int = 4000  # source tokens per batch (sorted by length, written in input order); x beam_size rows
+    beam_size: int = bounded(5, low=1)  # 1 is greedy search (as training's evaluation decodes)
+    nbest: int = bounded(1, low=1)  # above 1, output lines are `i ||| translation ||| score`, best first
+    # GNMT alpha: scores are log-probabilities / ((5 + length) / 6) ** alpha
+    length_penalty: float = bounded(1.2, low=0)
+    max_len_a: float = bounded(1.5, low=0)  # at most a * source length + b output tokens
+    max_len_b: int = bounded(10, low=0)
+    # source tokens per batch (sorted by length, written in input order); x beam_size rows
+    batch_tokens: int = bounded(4000, low=1)
     use_cache: bool = True  # the decoder's key/value cache (off only to measure what it saves)
 
 
 @dataclass
-class AlignmentHead:
-    """The cross-attention head a model was trained to align with (training's align.* settings)."""
+class AttentionSource:
+    """Where word links are read in a model's cross-attention: one layer, one head or the mean of all (None), at
+    the step where a target word is the decoder's input (shift) or the one that outputs it. The head a model was
+    trained to align with is one (training's align.* settings), kept in its checkpoint as `alignment_head`."""
 
     layer: int  # counted from 0
-    head: int
-    shift: bool  # trained on the step where the target word is the decoder's input
-    null: bool = False  # trained to attend to the source's end (EOS) for target words without a link
-    full_context: bool = False  # trained on a second pass of its layer that sees the whole target
+    head: Optional[int]
+    shift: bool
+    null: bool = False  # a trained head attends to the source's end (EOS) for target words without a link
+    full_context: bool = False  # a trained head read from its layer's second pass over the whole target
+
+    @property
+    def full_context_layer(self) -> Optional[int]:
+        """The layer whose full-context pass must run (Transformer.decode), if any."""
+        return self.layer if self.full_context else None
 
     def pass_arguments(self) -> dict:
-        """What Transformer.forward needs to compute this head's weights."""
+        """What Transformer.forward needs to compute this (trained) head's weights."""
         return {"full_context_layer": self.layer} if self.full_context else {"attention_layer": self.layer}
 
     def weights(self, out: DecoderOutput) -> Tensor:
-        """This head's weights (B, T, S) in the output of a pass run with pass_arguments()."""
+        """This (trained) head's weights (B, T, S) in the output of a pass run with pass_arguments()."""
         layer = out.full_context_attention if self.full_context else out.cross_attention[0]
         return layer[:, self.head]
+
+    def select(self, layers: Tensor, full_context: Optional[Tensor] = None) -> Tensor:
+        """(layers, heads, T, S), or a full-context head's own pass (heads, T, S) -> (T, S)."""
+        if self.full_context:
+            return full_context[self.head]
+        return select_heads(layers, self.layer, self.head)
 
 
 @dataclass
 class LoadedModel:
     model: Transformer
     tokenizer: Tokenizer
-    alignment_head: Optional[AlignmentHead]
+    alignment_head: Optional[AttentionSource]  # the trained head
 
 
 def load_model(path: str, device: torch.device) -> LoadedModel:
@@ -67,7 +84,7 @@ def load_model(path: str, device: torch.device) -> LoadedModel:
         model.load_state_dict(content["model"])
         tokenizer = Tokenizer(content["spm_model"])
         head = content.get("alignment_head")
-        alignment_head = AlignmentHead(**head) if head else None
+        alignment_head = AttentionSource(**head) if head else None
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise InputError(f"{path}: does not hold a model this toolkit can build ({str(e).splitlines()[0]})") from None
     return LoadedModel(model.to(device).eval(), tokenizer, alignment_head)

@@ -3,7 +3,7 @@
 
 import sys
 
-from mt.average_checkpoints import main
+from mt.commands.average_checkpoints import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 Training: target tokens/s of one step (forward, loss, backward, Adam) of our Transformer against the same model
 built from torch.nn.Transformer, both in float32, and of ours in bf16 autocast where the hardware has bf16.
 Decoding: beam-5 sentences/s of our beam search with the key/value cache, without it, and of CTranslate2 in
-float32 running an exported copy of the same weights (when ctranslate2 and mt/export.py are there).
+float32 running an exported copy of the same weights (when ctranslate2 and mt/ctranslate2_export.py are there).
 Each contestant runs in a process of its own, set up once; repetitions are interleaved (A, B, C, A, B, C, ...)
 after a warm-up, one process working at a time, and medians are reported. Separate processes keep them from
 slowing each other: with a CTranslate2 translator alive in the same process, our decoding ran 25-30% slower, and
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from bench_harness import race, serve
 from torch import nn
 
 from mt.checkpoint import model_payload, save_checkpoint
@@ -47,7 +48,6 @@ from mt.evaluate import score
 from mt.hardware import autocast_for, select_device, select_precision
 from mt.loss import label_smoothed_cross_entropy
 from mt.model import ModelConfig, SinusoidalPositions, Transformer
-from mt.race import race, serve
 from mt.search import beam_search, max_output_lengths
 from mt.tokenizer import PAD_ID, Tokenizer, TokenizerConfig, train_or_load
 from mt.translator import SearchSettings, load_model
@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smaller run, about a minute and a half on 2 CPU cores")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--model", default="small", help="configs/model/NAME.yaml (ignored with --checkpoint)")
+    p.add_argument("--model", default="small", help="mt/configs/model/NAME.yaml (ignored with --checkpoint)")
     p.add_argument("--checkpoint", help="a trained checkpoint: its model is benchmarked and decodes")
     p.add_argument("--reps", type=int, help="measured repetitions per contestant (default 5, --quick 3)")
     p.add_argument("--train-batches", type=int, help="training batches per repetition (default 8, --quick 2)")
@@ -103,7 +103,7 @@ def bench_tokenizer(args) -> Tokenizer:
 def model_config(args, tokenizer: Tokenizer) -> ModelConfig:
     if args.checkpoint:
         return load_model(args.checkpoint, torch.device("cpu")).model.cfg
-    dims = yaml.safe_load((ROOT / "configs" / "model" / f"{args.model}.yaml").read_text()) or {}
+    dims = yaml.safe_load((ROOT / "mt" / "configs" / "model" / f"{args.model}.yaml").read_text()) or {}
     return ModelConfig(vocab_size=tokenizer.vocab_size, **dims)
 
 
@@ -245,7 +245,7 @@ class Decoder:
 
 
 def be_contestant(args) -> None:
-    """In a child process (--serve KEY): set up one contestant, then time passes on request (mt/race.py)."""
+    """In a child process (--serve KEY): set up one contestant, then time passes on request (bench_harness.py)."""
     kind, name = args.serve.split(":", 1)
     device = select_device(args.device)
     spec = json.loads(Path(args.workdir, "contestants.json").read_text())[args.serve]
@@ -267,26 +267,23 @@ def run_race(specs: dict[str, dict], reps: int, workdir: Path):
     return race(list(specs), command, reps, workdir)
 
 
-# ---------------------------------------------------------------- CTranslate2: the hook for mt/export.py
+# ---------------------------------------------------------------- CTranslate2
 
 def save_bench_checkpoint(model: Transformer, tokenizer: Tokenizer, path: Path, steps: int) -> None:
     save_checkpoint(path, {**model_payload(model, tokenizer), "step": steps})
 
 
 def export_for_ctranslate2(checkpoint: str, workdir: Path) -> str | None:
-    """HOOK: the CTranslate2 copy (float32) of `checkpoint`, made by mt/export.py; None, with a note, where
-    ctranslate2 or mt/export.py is missing. The model reads sentences without </s>: the export appends it."""
+    """The CTranslate2 copy (float32) of `checkpoint`; None, with a note, where ctranslate2 is missing. The model
+    reads sentences without </s>: the export appends it."""
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
         print("note: ctranslate2 is not installed (pip install '.[deploy]'): no CTranslate2 comparison")
         return None
-    try:
-        from mt import export
-    except ImportError:
-        print("note: mt/export.py is not there: no CTranslate2 comparison")
-        return None
-    return str(export.export_ctranslate2(checkpoint, workdir / "ctranslate2", quantization="float32"))
+    from mt.ctranslate2_export import export_ctranslate2
+
+    return str(export_ctranslate2(checkpoint, workdir / "ctranslate2", quantization="float32"))
 
 
 # ---------------------------------------------------------------- the run

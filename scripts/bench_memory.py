@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mt import align
+from mt.alignment.links import read_pharaoh, to_pharaoh
 from mt.allocator import bundled_mimalloc
 from mt.files import read_lines
 
@@ -143,8 +143,8 @@ def synthetic_corpus(folder: Path, pairs: int, seed: int = 1) -> str:
             out_de.write(f"{de[i]} {de[j]}\n")
             out_en.write(f"{en[i]} {en[j]}\n")
             src_offset, tgt_offset = len(de[i].split()), len(en[i].split())
-            moved = [(a + src_offset, b + tgt_offset) for a, b in align.read_pharaoh(links[j])[1]]
-            out_links.write(align.to_pharaoh([*align.read_pharaoh(links[i])[1], *moved]) + "\n")
+            moved = [(a + src_offset, b + tgt_offset) for a, b in read_pharaoh(links[j])[1]]
+            out_links.write(to_pharaoh([*read_pharaoh(links[i])[1], *moved]) + "\n")
     return str(prefix)
 
 

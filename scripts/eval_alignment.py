@@ -3,7 +3,7 @@
 
 import sys
 
-from mt.eval_alignment import main
+from mt.commands.eval_alignment import main
 
 if __name__ == "__main__":
     sys.exit(main())

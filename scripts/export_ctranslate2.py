@@ -3,7 +3,7 @@
 
 import sys
 
-from mt.export import main
+from mt.commands.export_ctranslate2 import main
 
 if __name__ == "__main__":
     sys.exit(main())

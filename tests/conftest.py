@@ -47,12 +47,24 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
 # ---------------------------------------------------------------- train.py as a user runs it
 
 # One eflomal run for the head's links (the default votes over 8): runs on a tiny corpus take eflomal longest, and
-# tests/test_alignment_training.py checks the vote.
+# tests/test_alignment_head.py checks the vote.
 ONE_EFLOMAL_RUN = {"eflomal_runs": 1, "eflomal_votes": 1}
 TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
         "trainer.log_every=4", "trainer.progress=false",
         *(f"align.{key}={value}" for key, value in ONE_EFLOMAL_RUN.items())]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
+
+
+def composed(config_name, *overrides):
+    """A command's configuration as Hydra composes it from mt/configs and our schema types and checks it (exactly
+    what the command line gets), in this process."""
+    from hydra import compose, initialize_config_module
+
+    from mt import cli, config
+
+    config.register()
+    with initialize_config_module("mt.configs", version_base="1.3"):
+        return cli.typed(compose(config_name, overrides=list(overrides)))
 
 
 def train_cli(*overrides, cwd=ROOT, env=None, **popen):
@@ -68,7 +80,7 @@ def corpus_overrides(corpus, tmp_path):
 # ---------------------------------------------------------------- trained models, shared by the tests that need one
 
 def _train(cfg, run_dir: Path) -> None:
-    from mt.trainer import run
+    from mt.commands.train import run
 
     run(cfg, run_dir)
 
@@ -76,7 +88,7 @@ def _train(cfg, run_dir: Path) -> None:
 @pytest.fixture(scope="session")
 def trained(small_corpus, tmp_path_factory):
     """A tiny model trained briefly on 300 Multi30k pairs: its run directory."""
-    from mt.alignment_training import AlignmentTrainingConfig
+    from mt.alignment.head import AlignmentTrainingConfig
     from mt.config import OptimConfig, TrainConfig, TrainerConfig
     from mt.data import DataConfig
     from mt.model import ModelConfig
@@ -105,7 +117,7 @@ def copy_sentences(count: int, seed: int) -> list[str]:
 
 def copy_config(folder: Path, max_steps: int, **trainer):
     """A tiny model that learns to copy sentences of distinct words (600 of them, written into `folder`)."""
-    from mt.alignment_training import AlignmentTrainingConfig
+    from mt.alignment.head import AlignmentTrainingConfig
     from mt.config import OptimConfig, TrainConfig, TrainerConfig
     from mt.data import DataConfig
     from mt.model import ModelConfig

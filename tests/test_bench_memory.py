@@ -6,7 +6,7 @@ import sys
 
 from conftest import ONE_THREAD, ROOT, TINY
 
-from mt.align import read_pharaoh
+from mt.alignment.links import read_pharaoh
 from mt.allocator import bundled_mimalloc
 from mt.files import read_lines
 

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from mt import config as config_module
 from mt import data
-from mt.align import read_pharaoh
-from mt.alignment_training import links_from_file
+from mt.alignment.head import links_from_file
+from mt.alignment.links import read_pharaoh
 from mt.data import DataConfig, TokenBatches
 from mt.files import InputError
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_or_load
@@ -170,7 +170,7 @@ def test_gzipped_files_are_read_like_plain_ones(small_corpus, tmp_path):
                                                   ("multi30k_en_de", "Two young, White males")])
 def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, first_source, tmp_path, monkeypatch):
     config_module.register()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "mt" / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose(config_name="train", overrides=[f"data={choice}",
                                                                            f"data.cache_dir={tmp_path}"]))
     monkeypatch.chdir(ROOT)  # the shipped config names the files relative to the checkout

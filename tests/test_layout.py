@@ -1,5 +1,6 @@
-"""The house rules a newcomer relies on: imports run one way (entry points -> jobs -> library) without cycles, no
-file edits sys.path, and the tools leave nothing behind in the folder they run in."""
+"""The house rules a newcomer relies on, read from the folders: imports run one way (entry points -> mt/commands
+-> the library), no command imports another, nothing imports in a cycle, no file edits sys.path, no file in mt/
+outgrows one idea (400 lines), and the tools leave nothing behind in the folder they run in."""
 
 import ast
 import os
@@ -10,32 +11,41 @@ from pathlib import Path
 
 from conftest import ROOT
 
-# The jobs: one per command, composing the library. Every other module in mt/ is library.
-JOBS = {"trainer", "translate", "force_align", "export", "eval_alignment", "average_checkpoints"}
+PACKAGE = ROOT / "mt"
 ENTRY_POINTS = [ROOT / "train.py", ROOT / "translate.py", *sorted((ROOT / "scripts").glob("*.py"))]
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The mt modules a file imports (mt.x -> "x"), wherever the import stands."""
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The mt modules a file imports (`from mt import x` counts as mt.x where that is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "mt":
-                found |= {alias.name for alias in node.names}
-            elif node.module.startswith("mt."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mt":
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} & known
         elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("mt.")}
-    return found
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "mt"}
+    return found - {"mt"}
 
 
 def graph() -> dict[str, set[str]]:
-    return {path.stem: imported_modules(path) for path in (ROOT / "mt").glob("*.py")}
+    paths = sorted(PACKAGE.rglob("*.py"))
+    known = {module_name(path) for path in paths}
+    return {module_name(path): imported_modules(path, known) for path in paths}
 
 
-def test_the_library_imports_no_job_and_jobs_import_no_other_job():
+def is_command(module: str) -> bool:
+    return module.startswith("mt.commands.")
+
+
+def test_the_library_imports_no_command_and_commands_import_no_other_command():
     for module, imports in graph().items():
-        assert not imports & JOBS, f"mt/{module}.py imports the job(s) {sorted(imports & JOBS)}"
+        commands = {other for other in imports if is_command(other)}
+        assert not commands, f"{module} imports the command(s) {sorted(commands)}"
 
 
 def test_there_is_no_import_cycle():
@@ -55,14 +65,32 @@ def test_there_is_no_import_cycle():
         visit(module)
 
 
-def test_entry_points_call_one_job_and_nothing_edits_sys_path():
+def test_no_file_in_the_package_is_over_400_lines():
+    for path in PACKAGE.rglob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines"
+
+
+def test_entry_points_call_one_command_and_nothing_edits_sys_path():
+    known = set(graph())
     for path in [*ENTRY_POINTS, *sorted((ROOT / "tests").glob("*.py"))]:
         assert not re.search(r"sys\.path\.(insert|append)|sys\.path\s*\+?=", path.read_text()), f"{path} edits it"
     for path in ENTRY_POINTS:
         if path.name.startswith("bench"):
-            continue  # benchmarks: measurement code, not a user's command
-        called = imported_modules(path) & JOBS
+            continue  # benchmarks and their harness: measurement code, not a user's command
+        called = {module for module in imported_modules(path, known) if is_command(module)}
         assert len(called) == 1, f"{path.name} calls {sorted(called)}"
+
+
+def test_every_command_has_an_entry_point_and_an_installed_program():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    entry_modules = set()
+    for path in ENTRY_POINTS:
+        entry_modules |= {m for m in imported_modules(path, set(graph())) if is_command(m)}
+    for path in sorted((PACKAGE / "commands").glob("[!_]*.py")):
+        module = module_name(path)
+        assert module in entry_modules, f"{module} has no entry point in the checkout"
+        assert f'"{module}:main"' in pyproject, f"{module} has no console script in pyproject.toml"
 
 
 def test_translate_and_align_leave_nothing_behind_in_the_folder_they_run_in(trained, tmp_path):

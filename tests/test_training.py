@@ -4,26 +4,30 @@ import json
 
 import pytest
 import torch
-from conftest import ONE_EFLOMAL_RUN, TINY, corpus_overrides, multi30k_lines, train_cli, write_pair
+from conftest import ONE_EFLOMAL_RUN, TINY, composed, corpus_overrides, multi30k_lines, train_cli, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mt.alignment_training import AlignmentTrainingConfig
+from mt.alignment.head import AlignmentTrainingConfig
 from mt.checkpoint import load_checkpoint
+from mt.commands.train import run
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer, TokenizerConfig
-from mt.trainer import run
 
 
 def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_corpus, tmp_path):
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "outputs" / "run"
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "latest").symlink_to("an-older-run")
     result = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=12",
-                       "trainer.eval_every=6", f"hydra.run.dir={run_dir}")
+                       "trainer.eval_every=6", "hydra.run.dir=outputs/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # The user is told where the run is, at its start and at its end.
+    # The user is told where the run is, at its start and at its end, and outputs/latest now leads to it.
     said = result.stdout + result.stderr
     assert f"run directory: {run_dir}" in said and f"done: {run_dir}/checkpoints/best.pt" in said
+    assert (tmp_path / "outputs" / "latest").resolve() == run_dir.resolve()
+    assert not (tmp_path / "outputs" / "latest").readlink().is_absolute()  # the folder can move
 
     for name in ("checkpoints/best.pt", "checkpoints/last.pt", "results.json", "spm.model", "config.yaml"):
         assert (run_dir / name).is_file(), name
@@ -111,6 +115,15 @@ def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
     assert results["dev"]["bleu"] > 90, results["dev"]
 
 
+def messages(error: BaseException) -> str:
+    """An exception's message with those of its causes (Hydra wraps OmegaConf's)."""
+    found = []
+    while error is not None:
+        found.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(found)
+
+
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_stepz=5", "Could not override 'trainer.max_stepz'"),
     ("trainer.max_steps=many", "trainer.max_steps"),
@@ -120,10 +133,17 @@ def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
     ("trainer.precision=bf61", "expected one of [auto, fp32, bf16, fp16]"),
     ("trainer.device=gpu", "expected one of [auto, cpu, cuda]"),
 ])
-def test_a_wrong_override_is_refused_by_hydra_before_anything_runs(override, expected, tmp_path):
-    result = train_cli(override, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+def test_a_wrong_override_is_refused_by_the_schema(override, expected):
+    assert composed("train", "trainer.max_steps=5").trainer.max_steps == 5  # a right one is taken
+    with pytest.raises(Exception) as refused:
+        composed("train", override)
+    assert expected in messages(refused.value)
+
+
+def test_a_wrong_override_on_the_command_line_stops_before_anything_runs(tmp_path):
+    result = train_cli("optim.name=adamx", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
-    assert expected in result.stderr
+    assert "Invalid value 'adamx', expected one of [adam, adamw]" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # no corpus read, no SentencePiece
 

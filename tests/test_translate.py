@@ -87,7 +87,7 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
     assert result.returncode == 2
     stderr = result.stderr.decode().strip()
     assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr
-    expected = {"not_utf8": f"{tmp_path}/in.de:2: not UTF-8", "overwrite": "would overwrite the input",
+    expected = {"not_utf8": f"{tmp_path}/in.de:2: not UTF-8", "overwrite": "it would be overwritten",
                 "bad_checkpoint": "junk.pt: not a readable checkpoint",
                 "bad_layer": "decoder layer 5 does not exist"}[problem]
     assert expected in stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, multi30k_lines
 
-from mt import export
+from mt import ctranslate2_export
 from mt.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from mt.files import InputError
 from mt.model import ModelConfig, Transformer
@@ -84,7 +84,7 @@ def test_every_layout_scores_the_same_log_probabilities(trained, tmp_path, pre_n
     """Teacher-forced log-probabilities of the export equal ours for pre-/post-norm, tied and untied models."""
     tokenizer = load_model(str(trained / "checkpoints" / "best.pt"), torch.device("cpu")).tokenizer
     model = _random_checkpoint(tmp_path / "random.pt", tokenizer, pre_norm, tie_embeddings)
-    export.export_ctranslate2(tmp_path / "random.pt", tmp_path / "ct2")
+    ctranslate2_export.export_ctranslate2(tmp_path / "random.pt", tmp_path / "ct2")
 
     sources = tokenizer.encode(multi30k_lines("val", "de", 4))
     targets = tokenizer.encode(multi30k_lines("val", "en", 4))
@@ -146,4 +146,4 @@ def test_force_replaces_an_earlier_export(trained, tmp_path):
 def test_without_ctranslate2_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 now raises ImportError
     with pytest.raises(InputError, match=r"pip install '\.\[deploy\]'"):
-        export.export_ctranslate2(tmp_path / "any.pt", tmp_path / "out")
+        ctranslate2_export.export_ctranslate2(tmp_path / "any.pt", tmp_path / "out")

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 from mt import cli
-from mt.align import alignment_error_rate, bootstrap_aer, diagonal_links, read_pharaoh
-from mt.alignment_training import AlignmentTrainingConfig
-from mt.data import language_file
-from mt.eflomal_aligner import eflomal_links
+from mt.alignment.gold import eflomal_with_corpus, read_alignments, read_corpus, scores_against_gold, table_row
+from mt.alignment.head import AlignmentTrainingConfig
+from mt.alignment.links import diagonal_links
 from mt.files import InputError, read_lines
 from mt.tokenizer import Tokenizer
 
@@ -28,13 +27,6 @@ PREFIX.TGT (e.g. the model's training data), both directions symmetrized with gr
 pieces, several runs, the links most runs found)."""
 
 
-def read_alignments(path: str) -> list[tuple[set, set]]:
-    try:
-        return [read_pharaoh(line, f"{path}:{number}") for number, line in enumerate(read_lines(path), start=1)]
-    except ValueError as e:
-        raise InputError(str(e)) from None
-
-
 def read_pairs(args: argparse.Namespace, count: int) -> tuple[list[str], list[str]]:
     if not (args.source and args.target):
         raise InputError("--source and --target (the gold sentence pairs) are needed for the diagonal and eflomal")
@@ -43,21 +35,6 @@ def read_pairs(args: argparse.Namespace, count: int) -> tuple[list[str], list[st
         raise InputError(f"{args.source}, {args.target} and {args.gold} must have as many lines "
                          f"({len(sources)}, {len(targets)}, {count})")
     return sources, targets
-
-
-def read_corpus(prefix: str, languages: list[str]) -> tuple[list[str], list[str]]:
-    """The --eflomal corpus: PREFIX.SRC and PREFIX.TGT, as many lines each."""
-    corpus = [list(read_lines(language_file(prefix, lang))) for lang in languages]
-    if len(corpus[0]) != len(corpus[1]):
-        raise InputError(f"{prefix}: {languages[0]} has {len(corpus[0])} lines but {languages[1]} {len(corpus[1])}")
-    return corpus[0], corpus[1]
-
-
-def eflomal_with_corpus(sources: list[str], targets: list[str], corpus: tuple[list[str], list[str]],
-                        **options) -> list[set]:
-    """eflomal's links of the gold pairs, aligned together with the corpus (gold pairs first); `options` go to
-    eflomal_links."""
-    return eflomal_links(sources + corpus[0], targets + corpus[1], **options)[:len(sources)]
 
 
 def read_tokenizer(path: str) -> Tokenizer:
@@ -92,29 +69,12 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, dict], int]:
         if len(gold) != len(pred):
             raise InputError(f"{args.gold} has {len(gold)} lines but {path} has {len(pred)}")
         aligned[name] = [possible for _, possible in pred]
-    scores = {name: alignment_error_rate(gold, links) for name, links in aligned.items()}
-    if args.bootstrap:
-        intervals = bootstrap_aer(gold, aligned, reference=names[0] if names else None, samples=args.bootstrap)
-        for name, interval in intervals.items():
-            scores[name].update(interval)
-    return scores, len(gold)
+    return scores_against_gold(gold, aligned, args.bootstrap, reference=names[0] if names else None), len(gold)
 
 
 def prediction_names(paths: list[str]) -> list[str]:
     """A row name per prediction file: "alignment" for a single one, else the file names."""
     return ["alignment"] if len(paths) == 1 else [Path(path).name for path in paths]
-
-
-def table_row(name: str, result: dict, sentences: int, width: int, reference: str | None) -> str:
-    row = (f"{name:<{width}}  AER {result['aer']:.4f}  precision {result['precision']:.4f}  "
-           f"recall {result['recall']:.4f}  ({result['links']} links, {sentences} sentences)")
-    if "aer_interval" in result:
-        low, high = result["aer_interval"]
-        row += f"  95% [{low:.4f}, {high:.4f}]"
-    if "difference_interval" in result:
-        low, high = result["difference_interval"]
-        row += f"  minus {reference} [{low:+.4f}, {high:+.4f}], lower in {result['lower_share']:.0%}"
-    return row
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from mt import cli
 from mt.averaging import mean_of_weights
 from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.files import InputError
+from mt.files import InputError, same_file
 
 # What a translating checkpoint carries besides its weights; training state (optimizer, RNG, ...) is not averaged.
 KEPT = ("model_config", "spm_model", "alignment_head")
@@ -17,10 +17,11 @@ KEPT = ("model_config", "spm_model", "alignment_head")
 
 def average_checkpoints(inputs: list[str], output: str, force: bool = False) -> dict:
     """Write to `output` the mean of the inputs' weights; returns what was written (without the weights)."""
+    for path in inputs:
+        if Path(path).exists() and same_file(Path(output), Path(path)):
+            raise InputError(f"--output {output} is the checkpoint to average {path}; choose another output")
     if Path(output).exists() and not force:
         raise InputError(f"{output}: already exists; pass --force to replace it")
-    if Path(output).resolve() in {Path(p).resolve() for p in inputs}:
-        raise InputError(f"{output} is one of the checkpoints to average; choose another output")
     contents = [load_checkpoint(path) for path in inputs]
     first = contents[0]
     for path, content in zip(inputs[1:], contents[1:]):

@@ -11,8 +11,8 @@ import torch
 from conftest import ROOT, multi30k_lines
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-from mt.align import SYMMETRIZE, alignment_error_rate, diagonal_links, read_pharaoh
-from mt.aligner import final_punctuation
+from mt.alignment.links import SYMMETRIZE, alignment_error_rate, diagonal_links, read_pharaoh
+from mt.alignment.model_links import final_punctuation
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.translator import load_model
 

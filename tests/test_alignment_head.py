@@ -11,15 +11,15 @@ import torch
 from conftest import ROOT, copy_config, copy_sentences, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mt.align import read_pharaoh
-from mt.aligner import ForcedAligner, LinkSettings
-from mt.alignment_training import gold_distributions
+from mt.alignment.eflomal import eflomal_command, eflomal_links
+from mt.alignment.head import gold_distributions
+from mt.alignment.links import read_pharaoh
+from mt.alignment.model_links import ForcedAligner, LinkSettings
+from mt.commands.train import run
 from mt.config import TrainConfig
-from mt.eflomal_aligner import eflomal_command, eflomal_links
 from mt.files import InputError
 from mt.loss import alignment_loss
 from mt.tokenizer import BOS_ID, EOS_ID, TokenizerConfig, train_or_load
-from mt.trainer import run
 from mt.translator import load_model
 
 needs_eflomal = pytest.mark.skipif(eflomal_command() is None, reason="eflomal is not installed (the align extra)")

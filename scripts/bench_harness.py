@@ -4,8 +4,8 @@ A contestant's process is the benchmark script itself, started with `--serve KEY
 "ready", then times one pass per "run" line on its stdin and answers with the seconds, its result and its peak
 memory. The parent starts them one after another, warms each up with a pass, then runs the timed passes
 interleaved (A, B, C, A, B, C, ...), one process working at a time. Separate processes keep contestants from
-slowing each other: in one process, a live CTranslate2 translator slowed our decoding by 25-30%, and the heap left
-by one search slowed the next by 10-20% (docs/benchmark.md).
+slowing each other: in one process, a live CTranslate2 translator slows our decoding, and the heap left by one
+search slows the next (docs/benchmark.md).
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@ as fairseq's joint alignment-translation, Marian's --guided-alignment and OpenNM
 
 The head's weights at the step where a target piece is the decoder's input are pulled toward the gold links of
 that piece: its word's linked source words, spread evenly over their pieces. The links of the training pairs come
-from a Pharaoh file, from eflomal, or from the model itself (its own attention links, symmetrized with those of a
-model of the other direction, as Chen et al. 2020 train Shift-AET on their shift-att links).
+from a Pharaoh file or from eflomal.
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mt import align
-from mt.aligner import Direction, ForcedAligner, LinkSettings, Method, combine, flipped, reverse_aligner
-from mt.eflomal_aligner import eflomal_links
+from mt.alignment.eflomal import eflomal_links
+from mt.alignment.links import read_pharaoh, to_pharaoh, word_index
 from mt.files import InputError, read_lines
+from mt.schema import bounded
 from mt.tokenizer import Tokenizer
-from mt.translator import AlignmentHead, LoadedModel
+from mt.translator import AttentionSource
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,12 @@ log = logging.getLogger(__name__)
 class LinkSource(str, Enum):
     eflomal = "eflomal"  # eflomal on the training pairs, both directions symmetrized (pip install '.[align]')
     file = "file"  # align.links_file: Pharaoh lines, one per training pair
-    self = "self"  # the model's own attention links at align.start_step (with align.reverse_checkpoint: both ways)
 
 
 @dataclass
 class AlignmentTrainingConfig:
-    weight: float = 0.05  # of the alignment loss beside the translation loss (per target token); 0: no head
+    # of the alignment loss beside the translation loss (per target token); 0: no head
+    weight: float = bounded(0.05, low=0)
     layer: int = -2  # the decoder layer of the head (negative counts from the top)
     head: int = 0
     # Target words without a link attend to the source's end (EOS, a NULL word) and stay unaligned when read
@@ -51,19 +50,17 @@ class AlignmentTrainingConfig:
     # the English words they stand for), runs eflomal_runs times and keeps the links at least eflomal_votes runs
     # found; all three chosen on the gold dev half (docs/alignment.md)
     eflomal_pieces: bool = True
-    eflomal_runs: int = 8
-    eflomal_votes: int = 6
+    eflomal_runs: int = bounded(8, low=1)
+    eflomal_votes: int = bounded(6, low=1)
     links_file: Optional[str] = None  # links=file
-    reverse_checkpoint: Optional[str] = None  # links=self: a target -> source model, for symmetrized links
-    start_step: int = 2500  # links=self: when the model's own links are read and the head starts training
 
 
-def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int) -> AlignmentHead:
+def trained_head(cfg: AlignmentTrainingConfig, decoder_layers: int, n_heads: int) -> AttentionSource:
     if not -decoder_layers <= cfg.layer < decoder_layers:
         raise InputError(f"align.layer={cfg.layer} does not exist: the model has {decoder_layers} decoder layers")
     if not 0 <= cfg.head < n_heads:
         raise InputError(f"align.head={cfg.head} does not exist: the model has {n_heads} heads")
-    return AlignmentHead(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null,
+    return AttentionSource(layer=cfg.layer % decoder_layers, head=cfg.head, shift=True, null=cfg.null,
                          full_context=cfg.full_context)
 
 
@@ -78,7 +75,7 @@ def links_from_file(path: str, pairs: int, limited: bool = False) -> list[str]:
                          f"data? align.links=eflomal aligns the training data itself)")
     for number, line in enumerate(lines, start=1):
         try:
-            align.read_pharaoh(line, f"{path}:{number}")
+            read_pharaoh(line, f"{path}:{number}")
         except ValueError as e:
             raise InputError(str(e)) from None
     return lines
@@ -93,26 +90,12 @@ def links_from_eflomal(cfg: AlignmentTrainingConfig, sources: list[str], targets
     if cache.is_file():
         log.info("alignment links: reusing %s", cache)
         return cache.read_text(encoding="utf-8").splitlines()
-    lines = [align.to_pharaoh(links) for links in eflomal_links(
+    lines = [to_pharaoh(links) for links in eflomal_links(
         sources, targets, tokenizer=tokenizer if cfg.eflomal_pieces else None, runs=cfg.eflomal_runs,
         votes=cfg.eflomal_votes)]
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return lines
-
-
-def links_from_model(loaded: LoadedModel, sources: list[str], targets: list[str], reverse_checkpoint: Optional[str],
-                     batch_tokens: int, device: torch.device, precision: str) -> list[str]:
-    """The model's own attention links of the pairs, read as scripts/align.py reads them by default (the layer
-    and step chosen on the gold dev half, heads averaged), symmetrized (grow-diag-final) with those of
-    reverse_checkpoint where one is given."""
-    settings = LinkSettings(method=Method.attention,
-                            direction=Direction.both if reverse_checkpoint else Direction.forward,
-                            reverse_checkpoint=reverse_checkpoint)
-    forward = ForcedAligner(loaded, settings, batch_tokens, device, precision).links(sources, targets)
-    reverse = reverse_aligner(settings, batch_tokens, device, precision)
-    links = combine(settings, forward, flipped(reverse.links(targets, sources)) if reverse else None)
-    return [align.to_pharaoh(pair) for pair in links]
 
 
 def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links: list[str],
@@ -123,11 +106,11 @@ def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links
     loss), as do BOS's row, padding, and pairs without any link."""
     gold = torch.zeros(len(links), tgt_len, src_len)
     for row, (src, tgt, line) in enumerate(zip(src_ids, tgt_ids, links)):
-        pairs = align.read_pharaoh(line)[1]
+        pairs = read_pharaoh(line)[1]
         if not pairs or not src or not tgt:
             continue
-        src_words = torch.tensor(align.word_index(tokenizer.pieces(src)))
-        tgt_words = torch.tensor(align.word_index(tokenizer.pieces(tgt)))
+        src_words = torch.tensor(word_index(tokenizer.pieces(src)))
+        tgt_words = torch.tensor(word_index(tokenizer.pieces(tgt)))
         n_src, n_tgt = int(src_words.max()) + 1, int(tgt_words.max()) + 1
         linked = torch.zeros(n_tgt, n_src)
         for i, j in pairs:

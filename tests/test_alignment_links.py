@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from mt.align import (
+from mt.alignment.links import (
     alignment_error_rate,
     bootstrap_aer,
     hard_links,

@@ -1,8 +1,8 @@
 """Word links of given sentence pairs from a model's cross-attention (forced decoding: the model reads the given
 target, teacher-forced), in one direction or both, symmetrized.
 
-translate.py aligns its own output through this too, so aligning (input, output) here gives its links exactly;
-training reads the model's own links of the training pairs through it (align.links=self).
+scripts/align.py reads given pairs through this, and translate.py its own output, so aligning (input, output) with
+scripts/align.py gives translate.py's links exactly.
 """
 
 from __future__ import annotations
@@ -15,13 +15,24 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mt import align
+from mt.alignment.links import (
+    SYMMETRIZE,
+    Link,
+    Symmetrize,
+    hard_links,
+    last_word,
+    mean_per_word,
+    merge_to_words,
+    renormalized,
+    threshold_links,
+)
 from mt.data import decoding_batches, pad_rows
 from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
+from mt.schema import bounded
 from mt.search import score_outputs
 from mt.tokenizer import EOS_ID
-from mt.translator import LoadedModel, encode_for_model, load_model
+from mt.translator import AttentionSource, LoadedModel, encode_for_model, load_model
 
 
 class Method(str, Enum):
@@ -58,11 +69,11 @@ class LinkSettings:
     # (docs/alignment.md)
     shift: bool = False
     rule: Rule = Rule.argmax
-    threshold: float = 0.3  # rule=threshold
+    threshold: float = bounded(0.3, low=0)  # rule=threshold
     words: Words = Words.whitespace
     direction: Direction = Direction.forward
     reverse_checkpoint: Optional[str] = None  # direction=reverse|both: a target -> source model
-    symmetrize: align.Symmetrize = align.Symmetrize["grow-diag-final"]  # direction=both
+    symmetrize: Symmetrize = Symmetrize["grow-diag-final"]  # direction=both
 
 
 @dataclass
@@ -73,48 +84,28 @@ class PairAttention:
     layers: Optional[Tensor] = None  # every layer and head, when asked for: (layers, heads, T + 1, S + 1)
 
 
-@dataclass
-class AttentionSource:
-    """Where links are read: one layer, one head or the mean of all (None), at the input or output step."""
-
-    layer: int
-    head: Optional[int]
-    shift: bool
-    null: bool = False  # a trained head's attention on the source's end marks a target word without a link
-    full_context: bool = False  # a trained head read from its layer's second pass over the whole target
-
-    @classmethod
-    def resolve(cls, loaded: LoadedModel, settings: LinkSettings) -> AttentionSource:
-        trained = loaded.alignment_head
-        if settings.method == Method.trained_head and trained is None:
-            raise InputError("method=trained_head, but this model was trained without an alignment head "
-                             "(align.weight=0); use method=attention")
-        if settings.method != Method.attention and trained is not None:
-            return cls(trained.layer, trained.head, trained.shift, trained.null, trained.full_context)
-        layers, heads = loaded.model.cfg.decoder_layers, loaded.model.cfg.n_heads
-        if not -layers <= settings.layer < layers:
-            raise InputError(f"decoder layer {settings.layer} does not exist: the model has {layers} decoder layers")
-        if settings.head is not None and not 0 <= settings.head < heads:
-            raise InputError(f"attention head {settings.head} does not exist: the model has {heads} heads")
-        return cls(settings.layer % layers, settings.head, settings.shift)
-
-    @property
-    def full_context_layer(self) -> Optional[int]:
-        """The layer whose full-context pass score_outputs must run (Transformer.decode), if any."""
-        return self.layer if self.full_context else None
-
-    def select(self, layers: Tensor, full_context: Optional[Tensor] = None) -> Tensor:
-        """(layers, heads, T, S), or a full-context head's own pass (heads, T, S) -> (T, S)."""
-        if self.full_context:
-            return full_context[self.head]
-        return align.select_heads(layers, self.layer, self.head)
+def attention_source(loaded: LoadedModel, settings: LinkSettings) -> AttentionSource:
+    """Where `settings` read links in `loaded`: its trained head (method auto or trained_head), else the layer,
+    head and step they name."""
+    trained = loaded.alignment_head
+    if settings.method == Method.trained_head and trained is None:
+        raise InputError("method=trained_head, but this model was trained without an alignment head "
+                         "(align.weight=0); use method=attention")
+    if settings.method != Method.attention and trained is not None:
+        return trained
+    layers, heads = loaded.model.cfg.decoder_layers, loaded.model.cfg.n_heads
+    if not -layers <= settings.layer < layers:
+        raise InputError(f"decoder layer {settings.layer} does not exist: the model has {layers} decoder layers")
+    if settings.head is not None and not 0 <= settings.head < heads:
+        raise InputError(f"attention head {settings.head} does not exist: the model has {heads} heads")
+    return AttentionSource(settings.layer % layers, settings.head, settings.shift)
 
 
 class ForcedAligner:
     def __init__(self, loaded: LoadedModel, settings: LinkSettings, batch_tokens: int, device: torch.device,
                  precision: str = "auto"):
         self.model, self.tokenizer, self.settings = loaded.model, loaded.tokenizer, settings
-        self.source = AttentionSource.resolve(loaded, settings)
+        self.source = attention_source(loaded, settings)
         self.batch_tokens, self.device = batch_tokens, device
         self.autocast = autocast_for(select_precision(precision, device), device)
 
@@ -136,25 +127,25 @@ class ForcedAligner:
                                              self.source.select(layers, own_pass), layers if all_layers else None)
         return results
 
-    def links(self, sources: list[str], targets: list[str], name: Optional[str] = None) -> list[set[align.Link]]:
+    def links(self, sources: list[str], targets: list[str], name: Optional[str] = None) -> list[set[Link]]:
         """Word links (source word, target word) of each pair."""
         return [self.links_of(item) for item in self.attention(sources, targets, name=name)]
 
-    def links_of(self, item: Optional[PairAttention]) -> set[align.Link]:
+    def links_of(self, item: Optional[PairAttention]) -> set[Link]:
         if item is None:
             return set()
         s = self.settings
         steps = item.matrix[1:] if self.source.shift else item.matrix[:-1]  # one row per target piece
         if s.words == Words.whitespace:
-            matrix = align.merge_to_words(steps, item.src_pieces, item.tgt_pieces)
+            matrix = merge_to_words(steps, item.src_pieces, item.tgt_pieces)
             matrix = final_punctuation(matrix, item.src_pieces, item.tgt_pieces)
         else:
-            matrix = align.renormalized(steps[:, :len(item.src_pieces)])
-        found = align.hard_links(matrix) if s.rule == Rule.argmax else align.threshold_links(matrix, s.threshold)
+            matrix = renormalized(steps[:, :len(item.src_pieces)])
+        found = hard_links(matrix) if s.rule == Rule.argmax else threshold_links(matrix, s.threshold)
         if self.source.null:
             on_end = steps[:, len(item.src_pieces)].double()  # per target piece: its weight on the source's end
             if s.words == Words.whitespace:
-                on_end = align.mean_per_word(on_end, item.tgt_pieces)
+                on_end = mean_per_word(on_end, item.tgt_pieces)
             found = [(i, j) for i, j in found if on_end[j] <= 0.5]
         return set(found)
 
@@ -168,12 +159,12 @@ def final_punctuation(words: Tensor, src_pieces: list[str], tgt_pieces: list[str
     the source's final mark, so no other word may link there; a target that ends in a mark links it there."""
     if words.numel() == 0:
         return words
-    src_last = align.last_word(src_pieces)
+    src_last = last_word(src_pieces)
     if not _is_punctuation(src_last):
         return words
     words = words.clone()
     words[:, -1] = 0.0
-    if _is_punctuation(align.last_word(tgt_pieces)):
+    if _is_punctuation(last_word(tgt_pieces)):
         words[-1] = 0.0
         words[-1, -1] = 1.0
     return words
@@ -190,15 +181,18 @@ def reverse_aligner(settings: LinkSettings, batch_tokens: int, device: torch.dev
     return ForcedAligner(load_model(settings.reverse_checkpoint, device), settings, batch_tokens, device, precision)
 
 
-def combine(settings: LinkSettings, forward: Optional[list[set[align.Link]]],
-            reverse: Optional[list[set[align.Link]]]) -> list[set[align.Link]]:
-    """The links of settings.direction from a forward aligner's links and a reverse one's (flipped already)."""
+def directed_links(settings: LinkSettings, forward: Optional[list[set[Link]]], reverse: Optional[ForcedAligner],
+                   sources: list[str], targets: list[str], target_name: Optional[str] = None) -> list[set[Link]]:
+    """The links of settings.direction: `forward` (a forward aligner's links of the pairs, or None where the
+    direction needs none), the reverse aligner's links of the turned pairs flipped back, or both symmetrized.
+    `target_name` names the targets in the reverse aligner's warnings."""
+    backward = flipped(reverse.links(targets, sources, target_name)) if reverse is not None else None
     if settings.direction == Direction.both:
-        symmetrize = align.SYMMETRIZE[settings.symmetrize.value]
-        return [symmetrize(f, r) for f, r in zip(forward, reverse, strict=True)]
-    return forward if settings.direction == Direction.forward else reverse
+        symmetrize = SYMMETRIZE[settings.symmetrize.value]
+        return [symmetrize(f, r) for f, r in zip(forward, backward, strict=True)]
+    return forward if settings.direction == Direction.forward else backward
 
 
-def flipped(links: list[set[align.Link]]) -> list[set[align.Link]]:
+def flipped(links: list[set[Link]]) -> list[set[Link]]:
     """Links of a target -> source model as (source word, target word)."""
     return [{(i, j) for j, i in pair} for pair in links]

@@ -8,7 +8,6 @@ imports it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mt import cli
 from mt.files import InputError
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
@@ -34,6 +32,9 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     if quantization not in QUANTIZATIONS:
         raise InputError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     out_dir = Path(out_dir).resolve()
+    if out_dir == Path(checkpoint).resolve() or out_dir in Path(checkpoint).resolve().parents:
+        raise InputError(f"{out_dir}: holds the checkpoint {checkpoint}, which replacing it would destroy; choose "
+                         "another output folder")
     if out_dir.exists():
         _check_replaceable(out_dir, force)
     loaded = load_model(str(checkpoint), torch.device("cpu"))
@@ -47,9 +48,13 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
         staging.mkdir(parents=True)
         spec.save(str(staging))
         loaded.tokenizer.save(staging / "spm.model")
+        earlier = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            out_dir.rename(earlier)  # kept until the new export is in place
         staging.rename(out_dir)
+        shutil.rmtree(earlier, ignore_errors=True)
+    except OSError as e:  # a full disk, a file-size limit, no permission: an earlier export stays if it can
+        raise InputError(f"{out_dir}: could not write it ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
@@ -148,17 +153,3 @@ def _set_ffn(spec, ffn: nn.Sequential, norm: nn.LayerNorm) -> None:
     _set_linear(spec.linear_0, ffn[0])
     _set_linear(spec.linear_1, ffn[2])
     _set_norm(spec.layer_norm, norm)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line of scripts/export_ctranslate2.py (and of `mt-export-ctranslate2`)."""
-    parser = argparse.ArgumentParser(description="Export a trained checkpoint as a CTranslate2 model directory.")
-    parser.add_argument("checkpoint", help="a checkpoint of this toolkit, e.g. RUN/checkpoints/best.pt")
-    parser.add_argument("out_dir", help="the CTranslate2 model directory to write (with spm.model beside it)")
-    parser.add_argument("--quantization", default="float32", choices=QUANTIZATIONS,
-                        help="weight type of the exported model (default: float32)")
-    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier export")
-    args = parser.parse_args(argv)
-    with cli.one_line_errors():
-        print(export_ctranslate2(args.checkpoint, args.out_dir, args.quantization, args.force))
-    return 0

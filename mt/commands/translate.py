@@ -1,6 +1,6 @@
-"""The translate job behind translate.py: lines in, translations out (in input order), with n-best lists, scores
-against a reference, and the attention behind each translation as word alignments, raw matrices and TensorBoard
-heatmaps."""
+"""The command behind translate.py and `mt-translate`: lines in, translations out (in input order), with n-best
+lists, scores against a reference, and the attention behind each translation as word alignments, raw matrices and
+TensorBoard heatmaps."""
 
 from __future__ import annotations
 
@@ -8,27 +8,21 @@ import json
 import os
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Optional
 
-from mt import align
-from mt.aligner import Direction, ForcedAligner, PairAttention, combine, flipped, reverse_aligner
+import hydra
+
+from mt import cli, config
+from mt.alignment.links import select_heads, to_pharaoh
+from mt.alignment.model_links import Direction, ForcedAligner, PairAttention, directed_links, reverse_aligner
 from mt.config import TranslateConfig
 from mt.evaluate import score
-from mt.files import InputError, open_output, read_lines
+from mt.files import InputError, check_outputs, open_output, read_lines
 from mt.hardware import select_device
 from mt.search import Hypothesis
 from mt.translator import Translator, load_model
 
-
-def _check_outputs(cfg: TranslateConfig) -> None:
-    if cfg.input == "-":
-        return
-    source = Path(cfg.input).resolve()
-    for key in ("output", "alignments", "attention_dump"):
-        target = getattr(cfg, key)
-        if target and target != "-" and Path(target).resolve() == source:
-            raise InputError(f"{key}={target} would overwrite the input {cfg.input}; choose another file")
+config.register()
 
 
 def _dump_line(number: int, item: Optional[PairAttention], aligner: ForcedAligner) -> str:
@@ -55,7 +49,7 @@ def write_results(cfg: TranslateConfig, texts: list[list[str]], translations: li
             else:
                 out.write(hypothesis_texts[0] + "\n")
             if links_out:
-                links_out.write(align.to_pharaoh(links[i]) + "\n")
+                links_out.write(to_pharaoh(links[i]) + "\n")
             if dump:
                 dump.write(_dump_line(i, attention[i], aligner) + "\n")
             out.flush()
@@ -69,13 +63,15 @@ def write_heatmaps(cfg: TranslateConfig, attention: list[Optional[PairAttention]
     with SummaryWriter(cfg.tensorboard) as writer:
         shown = [(i, item) for i, item in enumerate(attention) if item is not None][:cfg.tensorboard_sentences]
         for i, item in shown:
-            panels = [align.select_heads(item.layers, layer, aligner.source.head) for layer in range(len(item.layers))]
+            panels = [select_heads(item.layers, layer, aligner.source.head) for layer in range(len(item.layers))]
             fig = attention_figure(panels, item.src_pieces + ["</s>"], item.tgt_pieces + ["</s>"], title=f"line {i}")
             writer.add_figure(f"attention/line_{i}", fig, 0)
 
 
 def run(cfg: TranslateConfig) -> None:
-    _check_outputs(cfg)
+    check_outputs({"output": cfg.output, "alignments": cfg.alignments, "attention_dump": cfg.attention_dump},
+                  {"input": cfg.input, "reference": cfg.reference, "checkpoint": cfg.checkpoint,
+                   "align.reverse_checkpoint": cfg.align.reverse_checkpoint})
     device = select_device(cfg.device)
     loaded = load_model(cfg.checkpoint, device)
     translator = Translator(loaded.model, loaded.tokenizer, cfg, device, cfg.precision)
@@ -96,9 +92,15 @@ def run(cfg: TranslateConfig) -> None:
         attention = aligner.attention(lines, best, all_layers=bool(cfg.tensorboard))
         if cfg.alignments:
             forward = None if cfg.align.direction == Direction.reverse else [aligner.links_of(a) for a in attention]
-            links = combine(cfg.align, forward, flipped(reverse.links(best, lines)) if reverse else None)
+            links = directed_links(cfg.align, forward, reverse, lines, best)
     write_results(cfg, texts, translations, attention, links, aligner)
     if cfg.tensorboard:
         write_heatmaps(cfg, attention, aligner)
     if references is not None:
         print(f"{os.path.basename(cfg.reference)}: {score(best, references)}", file=sys.stderr)
+
+
+@hydra.main(config_path="../configs", config_name="translate", version_base="1.3")
+def main(cfg) -> None:
+    with cli.one_line_errors():
+        run(cli.typed(cfg))

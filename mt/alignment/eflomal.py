@@ -2,7 +2,7 @@
 
 eflomal is GPL-3.0 and this project MIT: it is an optional extra (`pip install '.[align]'`), and this toolkit only
 runs its `eflomal-align` command in a separate process; nothing here imports it. Both directions are aligned and
-symmetrized with mt/align.py, as for attention links.
+symmetrized with mt/alignment/links.py, as for attention links.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
-from mt import align
+from mt.alignment.links import SYMMETRIZE, Link, read_pharaoh
 from mt.files import InputError
 from mt.tokenizer import Tokenizer
 
@@ -48,7 +48,7 @@ def _tokens_of_words(line: str, tokenize: Tokenizer13a, split: Optional[_PieceSp
 
 
 def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "grow-diag-final",
-                  tokenizer: Optional[Tokenizer] = None, runs: int = 1, votes: int = 1) -> list[set[align.Link]]:
+                  tokenizer: Optional[Tokenizer] = None, runs: int = 1, votes: int = 1) -> list[set[Link]]:
     """Links between the whitespace words of each pair, found by eflomal in both directions and symmetrized.
 
     eflomal reads each word split as sacrebleu's 13a tokenizer splits it (punctuation as tokens of its own, so
@@ -68,7 +68,7 @@ def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "gro
     split_sources = [_tokens_of_words(line, tokenize, split) for line in sources]
     split_targets = [_tokens_of_words(line, tokenize, split) for line in targets]
     found: list[Counter] = [Counter() for _ in sources]
-    combine = align.SYMMETRIZE[symmetrize]
+    combine = SYMMETRIZE[symmetrize]
     for run in range(runs):
         log.info("eflomal: aligning %d pairs in both directions%s", len(sources),
                  f" (run {run + 1} of {runs})" if runs > 1 else "")
@@ -93,7 +93,7 @@ class _PieceSplitter:
 
 
 def _align_once(command: str, sources: list[list[str]], targets: list[list[str]]
-                ) -> tuple[list[set[align.Link]], list[set[align.Link]]]:
+                ) -> tuple[list[set[Link]], list[set[Link]]]:
     """One eflomal run: the forward and reverse token links of each pair."""
     with tempfile.TemporaryDirectory(prefix="eflomal-") as folder:
         work = Path(folder)
@@ -105,6 +105,6 @@ def _align_once(command: str, sources: list[list[str]], targets: list[list[str]]
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise InputError(f"eflomal-align failed (exit {done.returncode}): {reason}")
-        forward, reverse = ([align.read_pharaoh(line)[1] for line in (work / name).read_text().splitlines()]
+        forward, reverse = ([read_pharaoh(line)[1] for line in (work / name).read_text().splitlines()]
                             for name in ("forward", "reverse"))
     return forward, reverse

@@ -1,0 +1,44 @@
+"""The command behind scripts/align.py and `mt-align`: word links of given sentence pairs (forced decoding), in
+one direction or both, symmetrized; Pharaoh lines out, one per pair."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import hydra
+
+from mt import cli, config
+from mt.alignment.links import to_pharaoh
+from mt.alignment.model_links import Direction, ForcedAligner, directed_links, reverse_aligner
+from mt.config import AlignConfig
+from mt.files import InputError, check_outputs, open_output, read_lines
+from mt.hardware import select_device
+from mt.translator import load_model
+
+config.register()
+
+
+def run(cfg: AlignConfig) -> None:
+    check_outputs({"output": cfg.output}, {"source": cfg.source, "target": cfg.target, "checkpoint": cfg.checkpoint,
+                                           "reverse_checkpoint": cfg.reverse_checkpoint})
+    device = select_device(cfg.device)
+    # Both models are loaded (and the settings checked) before the text is read.
+    forward = None
+    if cfg.direction != Direction.reverse:
+        forward = ForcedAligner(load_model(cfg.checkpoint, device), cfg, cfg.batch_tokens, device, cfg.precision)
+    reverse = reverse_aligner(cfg, cfg.batch_tokens, device, cfg.precision)
+    sources, targets = list(read_lines(cfg.source)), list(read_lines(cfg.target))
+    if len(sources) != len(targets):
+        raise InputError(f"{cfg.source} has {len(sources)} lines but {cfg.target} has {len(targets)}")
+    links = directed_links(cfg, forward.links(sources, targets, cfg.source) if forward else None, reverse, sources,
+                           targets, cfg.target)
+    with ExitStack() as stack:
+        out = open_output(stack, cfg.output)
+        for pair in links:
+            out.write(to_pharaoh(pair) + "\n")
+
+
+@hydra.main(config_path="../configs", config_name="align", version_base="1.3")
+def main(cfg) -> None:
+    with cli.one_line_errors():
+        run(cli.typed(cfg))

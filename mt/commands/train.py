@@ -1,0 +1,72 @@
+"""The command behind train.py and `mt-train`: train as configured (mt/configs/train.yaml, typed by mt/config.py),
+writing everything into the run directory, and point outputs/latest at it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from mt import cli, config, distributed
+from mt.allocator import restart_under_mimalloc
+from mt.config import TrainConfig
+from mt.files import exclusive, point_link, write_text
+from mt.trainer import Trainer
+
+log = logging.getLogger(__name__)
+LATEST = "latest"  # outputs/latest: the newest run under outputs/, for commands pasted from the README
+
+config.register()
+
+
+def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
+    """Train as configured, writing everything into run_dir; returns what results.json holds ({} off rank 0)."""
+    run_dir = Path(run_dir)
+    # One run per run directory: rank 0 holds it (under torchrun every rank writes into the same one).
+    held = exclusive(run_dir, "train.py") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with held:
+        return _train_in(cfg, run_dir)
+
+
+def _train_in(cfg: TrainConfig, run_dir: Path) -> dict:
+    trainer = None
+    try:
+        trainer = Trainer(cfg, run_dir)
+        if trainer.world.is_main:
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            log.info("run directory: %s", run_dir)
+            link_latest(run_dir)
+        if cfg.trainer.resume:
+            trainer.resume()
+        results = trainer.train()
+        distributed.wait_for_all(trainer.world)
+        return results
+    finally:
+        if trainer is not None:
+            distributed.leave(trainer.world)
+
+
+def link_latest(run_dir: Path) -> None:
+    """outputs/latest -> this run, where the run directory lies under ./outputs (Hydra's default)."""
+    outputs = Path.cwd() / "outputs"
+    link = outputs / LATEST
+    if link.exists() and not link.is_symlink():
+        return  # a run directory of that name: left alone
+    if outputs.resolve() in run_dir.resolve().parents:
+        point_link(link, run_dir)
+        log.info("%s now points to it", os.path.relpath(link))
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def _train(cfg) -> None:
+    with cli.one_line_errors():
+        run(cli.typed(cfg), cli.run_dir())
+
+
+def main() -> None:
+    restart_under_mimalloc()  # the process starts again under mimalloc where it can (mt/allocator.py)
+    _train()
