@@ -36,7 +36,10 @@ def write_pair(folder: Path, name: str, src: list[str], tgt: list[str]) -> str:
 def small_corpus(tmp_path_factory) -> dict[str, str]:
     """Real Multi30k de-en, cut small: 300 training pairs, 12 dev pairs, 10 test pairs."""
     folder = tmp_path_factory.mktemp("corpus")
+    (folder / "train.de-en.align").write_text("".join(line + "\n" for line in multi30k_lines("train", "de-en.align",
+                                                                                             300)))
     return {
+        "links": str(folder / "train.de-en.align"),  # the shipped links of these pairs
         "train": write_pair(folder, "train", multi30k_lines("train", "de", 300), multi30k_lines("train", "en", 300)),
         "dev": write_pair(folder, "dev", multi30k_lines("val", "de", 12), multi30k_lines("val", "en", 12)),
         "test": write_pair(folder, "test", multi30k_lines("test_2016_flickr", "de", 10),
@@ -72,9 +75,16 @@ def train_cli(*overrides, cwd=ROOT, env=None, **popen):
                           capture_output=True, text=True, timeout=600, **popen)
 
 
+def shipped_links(corpus) -> dict:
+    """The alignment head's settings that train it on the corpus's shipped links: eflomal, which would align the
+    pairs afresh, takes longer than the rest of a tiny run (tests/test_alignment_head.py runs it)."""
+    return {"links": "file", "links_file": corpus["links"]}
+
+
 def corpus_overrides(corpus, tmp_path):
     return [f"data.train={corpus['train']}", f"data.dev={corpus['dev']}", f"+data.test.flickr={corpus['test']}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *(f"align.{key}={value}" for key, value in shipped_links(corpus).items())]
 
 
 # ---------------------------------------------------------------- trained models, shared by the tests that need one
@@ -102,7 +112,7 @@ def trained(small_corpus, tmp_path_factory):
                           max_positions=64),
         optim=OptimConfig(lr=3e-3, warmup_steps=20),
         trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
-        align=AlignmentTrainingConfig(**ONE_EFLOMAL_RUN),
+        align=AlignmentTrainingConfig(**shipped_links(small_corpus)),
     ), run_dir)
     return run_dir
 

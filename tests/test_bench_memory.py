@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ONE_THREAD, ROOT, TINY
+from conftest import ONE_THREAD, ROOT, TINY, shipped_links
 
 from mt.alignment.links import read_pharaoh
 from mt.allocator import bundled_mimalloc
@@ -19,7 +19,8 @@ def bench_memory(*args):
 
 
 def test_allocators_side_by_side_each_served_by_its_own(small_corpus, tmp_path):
-    data = [f"data.train={small_corpus['train']}", f"data.dev={small_corpus['dev']}"]
+    data = [f"data.train={small_corpus['train']}", f"data.dev={small_corpus['dev']}",
+            *(f"align.{key}={value}" for key, value in shipped_links(small_corpus).items())]
     figures = bench_memory("allocators", "--steps", 4, "--reps", 1, "--workdir", tmp_path, *TINY, *data)
     table = figures["allocators"]
     assert table["glibc"]["served_by"] == ["glibc"]

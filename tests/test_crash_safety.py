@@ -136,11 +136,24 @@ def test_ctrl_c_or_sigterm_saves_last_pt_and_the_resumed_run_ends_where_an_unint
     assert_same_weights(final_weights(run_dir), uninterrupted)
 
 
-def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(small_corpus, tmp_path):
-    run_dir = tmp_path / "run"
-    first = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=3",
-                      f"hydra.run.dir={run_dir}")
+@pytest.fixture(scope="module")
+def three_steps(small_corpus, tmp_path_factory):
+    """A finished 3-step run: its folder, holding the run directory `run` and the cache the run filled."""
+    folder = tmp_path_factory.mktemp("three")
+    first = train_cli(*RUN, *corpus_overrides(small_corpus, folder), "trainer.max_steps=3",
+                      f"hydra.run.dir={folder / 'run'}")
     assert first.returncode == 0, first.stderr[-3000:]
+    return folder
+
+
+def copy_of(three_steps, tmp_path):
+    """A copy of the 3-step run to go on with, in tmp_path (where corpus_overrides(..., tmp_path) finds its cache)."""
+    shutil.copytree(three_steps, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "run"
+
+
+def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(three_steps, small_corpus, tmp_path):
+    run_dir = copy_of(three_steps, tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     before = last.read_bytes()
     limit = len(before) - 1  # the next checkpoint cannot fit; logs and the cached data still can
@@ -162,12 +175,9 @@ def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(small_corp
     ("model.ffn_dim=96", "its model settings differ from this run's"),
     ("data.tokenizer.model_type=bpe", "differ"),
 ])
-def test_resuming_with_other_model_or_vocabulary_settings_is_refused_in_one_line(change, expected, small_corpus,
-                                                                                 tmp_path):
-    run_dir = tmp_path / "run"
-    first = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=3",
-                      f"hydra.run.dir={run_dir}")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_resuming_with_other_model_or_vocabulary_settings_is_refused_in_one_line(change, expected, three_steps,
+                                                                                 small_corpus, tmp_path):
+    run_dir = copy_of(three_steps, tmp_path)
     before = (run_dir / "checkpoints" / "last.pt").read_bytes()
     again = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=6", "trainer.resume=true",
                       change, f"hydra.run.dir={run_dir}")
