@@ -10,6 +10,8 @@ from conftest import ROOT, TINY, corpus_overrides, train_cli
 
 from mt.allocator import bundled_mimalloc
 
+pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
+
 ASK = "from mt.allocator import allocator; print(allocator())"
 # Where Debian, Ubuntu and Fedora put the system's allocators.
 LIBRARY_FOLDERS = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]

@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
+
 
 def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
     checkpoint = trained / "checkpoints" / "best.pt"

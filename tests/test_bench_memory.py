@@ -4,11 +4,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ONE_THREAD, ROOT, TINY, shipped_links
 
 from mt.alignment.links import read_pharaoh
 from mt.allocator import bundled_mimalloc
 from mt.files import read_lines
+
+pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
 
 
 def bench_memory(*args):

@@ -19,6 +19,8 @@ from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
 
 from mt.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
+
 STEPS = 24
 RUN = [*TINY, "trainer.eval_every=3", "trainer.heatmap_sentences=0", f"trainer.max_steps={STEPS}"]
 

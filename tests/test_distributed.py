@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
 
 from mt.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
 
 # No dropout: each process draws its own random masks, so only a dropout-free model can match bit for bit.
 SETTINGS = [*TINY, "model.dropout=0", "trainer.precision=fp32", "trainer.device=cpu", "trainer.eval_every=2",

@@ -59,6 +59,7 @@ def work(trained, tmp_path, monkeypatch):
     (tmp_path / "old.en").write_text("an earlier translation\n", encoding="utf-8")
     os.link(tmp_path / "in.de", tmp_path / "hard-link.de")
     (tmp_path / "soft-link.pt").symlink_to("best.pt")
+    (tmp_path / "a-folder").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -73,6 +74,7 @@ def work(trained, tmp_path, monkeypatch):
     (["output=out.en", "attention_dump=./out.en"], "attention_dump=out.en is also output"),
     (["output=other.pt"], "output=other.pt holds a checkpoint"),
     (["output=old.en", "align.reverse_checkpoint=old.en", "alignments=x.align"], "is the input align.reverse_chec"),
+    (["output=a-folder"], "a-folder: is a folder, not a file to write"),
 ])
 def test_translate_refuses_an_output_that_is_an_input_another_output_or_a_checkpoint(work, outputs, expected):
     before = snapshot(work)
@@ -172,7 +174,8 @@ def test_a_second_train_py_in_a_run_directory_in_use_is_refused_and_a_killed_hol
                                "    time.sleep(600)\n", str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        done = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), f"hydra.run.dir={run_dir}")
+        done = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=2",
+                         f"hydra.run.dir={run_dir}")
         refused_in_one_line(done, f"error: {run_dir}: in use by train.py (pid {holder.pid})")
         assert not (run_dir / "checkpoints").exists() and not (tmp_path / "cache").exists()
     finally:
