@@ -54,6 +54,7 @@ def small_corpus(tmp_path_factory) -> dict[str, str]:
 ONE_EFLOMAL_RUN = {"eflomal_runs": 1, "eflomal_votes": 1}
 TINY = ["model=tiny", "data=files", "data.tokenizer.vocab_size=300", "data.batch_tokens=600",
         "trainer.log_every=4", "trainer.progress=false",
+        "trainer.heatmap_sentences=0",  # drawing them takes most of a tiny run: test_training.py draws them
         *(f"align.{key}={value}" for key, value in ONE_EFLOMAL_RUN.items())]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # also makes runs in different processes bit-comparable
 

@@ -21,7 +21,7 @@ def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_co
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "latest").symlink_to("an-older-run")
     result = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=12",
-                       "trainer.eval_every=6", "hydra.run.dir=outputs/run", cwd=tmp_path)
+                       "trainer.eval_every=6", "trainer.heatmap_sentences=3", "hydra.run.dir=outputs/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # The user is told where the run is, at its start and at its end, and outputs/latest now leads to it.
     said = result.stdout + result.stderr
