@@ -201,12 +201,7 @@ class Trainer:
         """Evaluate on dev and write checkpoints (rank 0); True on every rank if training should stop early."""
         stop = None
         if self.world.is_main:
-            candidates = self.validation.candidates(self.data.dev, self.ema)
-            for weights, scores in candidates:
-                log.info("step %d dev%s %s", self.step, ", weight average:" if weights == "ema" else "", scores)
-                suffix = "_ema" if weights == "ema" else ""
-                writer.add_scalar(f"dev/bleu{suffix}", scores.bleu, self.step)
-                writer.add_scalar(f"dev/chrf{suffix}", scores.chrf, self.step)
+            candidates = self.validation.candidates(self.data.dev, self.ema, writer, self.step)
             self.validation.draw_heatmaps(writer, self.data.dev, self.data.max_len, self.step)
             best = max(candidates, key=lambda candidate: candidate[1].bleu)
             improved = best[1].bleu > self.best_bleu
@@ -269,13 +264,9 @@ class Trainer:
         results = {
             "best_step": best["step"], "best_weights": best["weights"], "steps": self.step,
             "precision": self.precision, "processes": self.world.size, "decoding": self.validation.decoding(),
-            "train_target_tokens_per_s": round(tokens_per_s, 1), "dev": best["dev"], "test": {},
+            "train_target_tokens_per_s": round(tokens_per_s, 1), "dev": best["dev"],
         }
-        for name, split in self.data.tests.items():
-            scores = self.validation.scores(split)
-            log.info("test %s (best checkpoint, step %d): %s", name, best["step"], scores)
-            writer.add_scalar(f"test/{name}/bleu", scores.bleu, best["step"])
-            results["test"][name] = dataclasses.asdict(scores)
+        results["test"] = self.validation.test_scores(self.data.tests, writer, best["step"])
         write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         log.info("done: %s (scores in %s)", self.checkpoints.best, self.run_dir / "results.json")
         return results

@@ -4,6 +4,8 @@ for TensorBoard."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Optional
 
 import torch
@@ -18,6 +20,8 @@ from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
 from mt.tokenizer import PAD_ID, Tokenizer
 from mt.translator import SearchSettings, Translator
+
+log = logging.getLogger(__name__)
 
 
 class Validation:
@@ -41,13 +45,29 @@ class Validation:
         self.model.train(was_training)
         return score(hypotheses, list(split["tgt"]))
 
-    def candidates(self, split, average: Optional[ExponentialMovingAverage]) -> list[tuple[str, Scores]]:
-        """The scores of the weights ("raw") and, where there is one, of their moving average ("ema")."""
+    def candidates(self, split, average: Optional[ExponentialMovingAverage], writer: SummaryWriter,
+                   step: int) -> list[tuple[str, Scores]]:
+        """The dev scores of the weights ("raw") and, where there is one, of their moving average ("ema"), logged."""
         found = [("raw", self.scores(split))]
         if average is not None:
             with average.swapped_in(self.model):
                 found.append(("ema", self.scores(split)))
+        for weights, scores in found:
+            log.info("step %d dev%s %s", step, ", weight average:" if weights == "ema" else "", scores)
+            suffix = "_ema" if weights == "ema" else ""
+            writer.add_scalar(f"dev/bleu{suffix}", scores.bleu, step)
+            writer.add_scalar(f"dev/chrf{suffix}", scores.chrf, step)
         return found
+
+    def test_scores(self, tests: dict, writer: SummaryWriter, step: int) -> dict[str, dict]:
+        """Each test split's scores (of the weights the model holds, those of `step`), logged."""
+        results = {}
+        for name, split in tests.items():
+            scores = self.scores(split)
+            log.info("test %s (best checkpoint, step %d): %s", name, step, scores)
+            writer.add_scalar(f"test/{name}/bleu", scores.bleu, step)
+            results[name] = dataclasses.asdict(scores)
+        return results
 
     @torch.no_grad()
     def draw_heatmaps(self, writer: SummaryWriter, split, max_len: int, step: int) -> None:
