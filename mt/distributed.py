@@ -29,6 +29,11 @@ class World:
         return self.size > 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 as the launcher started it (before joining: no process group needed)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def join(device: torch.device) -> tuple[World, torch.device]:
     """Join torchrun's process group when launched by it; returns the world and this process's device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

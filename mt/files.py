@@ -79,23 +79,15 @@ def open_output(stack: ExitStack, name: Optional[str]) -> Optional[TextIO]:
 def _output(path: Path) -> Iterator[TextIO]:
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a file to write")
-    direct = path.exists() and not path.is_file()  # a device or a pipe: there is nothing to rename over
-    written = path if direct else path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(written, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            if not direct:
-                os.fsync(f.fileno())
-        if not direct:
-            os.replace(written, path)
-    except OSError as e:  # a full disk, a file-size limit, no permission
-        raise InputError(f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept"
-                         ) from None
-    finally:
-        if not direct:
-            written.unlink(missing_ok=True)
+    if path.exists() and not path.is_file():  # a device or a pipe: there is nothing to rename over
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                yield f
+        except OSError as e:
+            raise InputError(f"{path}: could not write it ({e.strerror or e})") from None
+        return
+    with atomic(path, "w") as f:
+        yield f
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -128,17 +120,19 @@ def check_outputs(outputs: dict[str, Optional[str]], inputs: dict[str, Optional[
         seen[key] = path
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write(file)` to a temporary file, flush it to disk, then rename it over `path`.
+@contextlib.contextmanager
+def atomic(path: str | os.PathLike, mode: str = "wb"):
+    """A file to write (`mode` "wb", or "w" for UTF-8 text) that takes `path`'s place only when the block ends
+    without an error: it is written to a temporary file beside it, flushed to disk, then renamed over `path`.
 
     A crash at any moment leaves either the old file or the new one, never a truncated one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -147,6 +141,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             f"{path}: could not write it ({e.strerror or e}); the previous version, if any, is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write(file)` to `path` atomically (see `atomic`)."""
+    with atomic(path) as f:
+        write(f)
 
 
 def remove_partial_writes(folder: str | os.PathLike) -> None:

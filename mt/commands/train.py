@@ -27,7 +27,7 @@ def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train as configured, writing everything into run_dir; returns what results.json holds ({} off rank 0)."""
     run_dir = Path(run_dir)
     # One run per run directory: rank 0 holds it (under torchrun every rank writes into the same one).
-    held = exclusive(run_dir, "train.py") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    held = exclusive(run_dir, "train.py") if distributed.launched_as_main() else contextlib.nullcontext()
     with held:
         return _train_in(cfg, run_dir)
 
