@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test,deploy,align]'
+	$(PY) -m pip install --quiet -e '.[test,deploy,align,hf]'
 	touch $@
 
 train: $(VENV)/.installed

@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import zipfile
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -25,13 +26,19 @@ CHECKSUM = "checksum"  # of everything else in the file (payload_checksum)
 
 def model_payload(model, tokenizer, alignment_head=None) -> dict:
     """What a checkpoint needs to translate: the weights and settings of `model` (a Transformer), the bytes of
-    `tokenizer`'s SentencePiece model, and the alignment head it was trained with, if any (a dataclass)."""
+    `tokenizer`'s SentencePiece model(s), and the alignment head it was trained with, if any (a dataclass)."""
     return {
         "model": model.state_dict(),
-        "model_config": dataclasses.asdict(model.cfg),
-        "spm_model": tokenizer.model_bytes,
+        "model_config": plain_settings(model.cfg),
+        **tokenizer.checkpoint_fields(),
         "alignment_head": dataclasses.asdict(alignment_head) if alignment_head is not None else None,
     }
+
+
+def plain_settings(settings) -> dict:
+    """A settings dataclass as plain data (enums as their values), as a checkpoint may hold it."""
+    return {key: value.value if isinstance(value, Enum) else value
+            for key, value in dataclasses.asdict(settings).items()}
 
 
 def payload_checksum(content) -> str:
@@ -101,12 +108,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return content
 
 
-def check_resumable(state: dict, path: Path, model_config, spm_model: bytes) -> None:
+def check_resumable(state: dict, path: Path, model_config, tokenizer_fields: dict) -> None:
     """A run resumes from `state` (read from `path`) only with the same model settings and vocabulary."""
-    if state["model_config"] != dataclasses.asdict(model_config):
+    if state["model_config"] != plain_settings(model_config):
         raise InputError(f"{path}: its model settings differ from this run's ({state['model_config']}); "
                          "resume with the same model.* and data.tokenizer.* settings")
-    if state["spm_model"] != spm_model:
+    if any(state.get(key) != value for key, value in tokenizer_fields.items()):
         raise InputError(f"{path}: its SentencePiece vocabulary differs from this run's; resume with the same "
                          "data and data.tokenizer.* settings")
 

@@ -68,12 +68,20 @@ class TrainerConfig:
 
 
 @dataclass
+class InitConfig:
+    # A MarianMT model (a Hub name such as Helsinki-NLP/opus-mt-de-en, or a local folder) to start from: its
+    # architecture, weights and tokenizer replace model.* (but the dropout rates) and data.tokenizer.*.
+    from_hf: Optional[str] = None
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(vocab_size=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     align: AlignmentTrainingConfig = field(default_factory=AlignmentTrainingConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 @dataclass

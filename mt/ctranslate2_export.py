@@ -9,14 +9,13 @@ imports it.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mt.files import InputError
-from mt.model import Transformer
+from mt.files import InputError, write_folder
+from mt.model import Activation, Transformer
 from mt.tokenizer import Tokenizer
 from mt.translator import load_model
 
@@ -31,41 +30,16 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     ctranslate2 = _import_ctranslate2()
     if quantization not in QUANTIZATIONS:
         raise InputError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    out_dir = Path(out_dir).resolve()
-    if out_dir == Path(checkpoint).resolve() or out_dir in Path(checkpoint).resolve().parents:
-        raise InputError(f"{out_dir}: holds the checkpoint {checkpoint}, which replacing it would destroy; choose "
-                         "another output folder")
-    if out_dir.exists():
-        _check_replaceable(out_dir, force)
     loaded = load_model(str(checkpoint), torch.device("cpu"))
     spec = transformer_spec(ctranslate2, loaded.model, loaded.tokenizer)
+    spec.validate()
+    spec.optimize(quantization=quantization)  # also stores the tied embeddings once
 
-    # Written next to out_dir and renamed into place, so a failed export leaves no half-written model behind.
-    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    try:
-        spec.validate()
-        spec.optimize(quantization=quantization)  # also stores the tied embeddings once
-        staging.mkdir(parents=True)
-        spec.save(str(staging))
-        loaded.tokenizer.save(staging / "spm.model")
-        earlier = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-        if out_dir.exists():
-            out_dir.rename(earlier)  # kept until the new export is in place
-        staging.rename(out_dir)
-        shutil.rmtree(earlier, ignore_errors=True)
-    except OSError as e:  # a full disk, a file-size limit, no permission: an earlier export stays if it can
-        raise InputError(f"{out_dir}: could not write it ({e.strerror or e})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    def fill(folder: Path) -> None:
+        spec.save(str(folder))
+        loaded.tokenizer.save(folder)
 
-
-def _check_replaceable(out_dir: Path, force: bool) -> None:
-    # --force replaces an earlier export, never a folder of something else (such as ".").
-    if not out_dir.is_dir() or (not (out_dir / "model.bin").is_file() and any(out_dir.iterdir())):
-        raise InputError(f"{out_dir}: already exists and is not a CTranslate2 model; choose another output folder")
-    if not force:
-        raise InputError(f"{out_dir}: already exists; pass --force to replace it")
+    return write_folder(out_dir, fill, "a CTranslate2 model", "model.bin", force, checkpoint)
 
 
 def _import_ctranslate2():
@@ -80,24 +54,29 @@ def _import_ctranslate2():
 def transformer_spec(ctranslate2, model: Transformer, tokenizer: Tokenizer):
     """A ctranslate2 TransformerSpec with the weights, vocabulary and special tokens of `model`."""
     cfg = model.cfg
+    kinds = ctranslate2.specs.Activation
+    activations = {Activation.relu: kinds.RELU, Activation.swish: kinds.SWISH, Activation.gelu: kinds.GELU}
     spec = ctranslate2.specs.TransformerSpec.from_config(
-        (cfg.encoder_layers, cfg.decoder_layers), cfg.n_heads, pre_norm=cfg.pre_norm)
+        (cfg.encoder_layers, cfg.decoder_layers), cfg.n_heads, pre_norm=cfg.pre_norm,
+        activation=activations[Activation(cfg.activation)])
     # CTranslate2's own sinusoids put all sines before all cosines; ours interleave them, so the table goes in.
     positions = model.positions.table
 
     encoder = spec.encoder
-    _set_input(encoder.embeddings[0], encoder, model.src_embed, positions)
+    _set_input(encoder.embeddings[0], encoder, model.src_embed, positions, cfg.scale_embeddings)
     for layer_spec, layer in zip(encoder.layer, model.encoder):
         _set_attention(layer_spec.self_attention, layer.self_attn, layer.attn_block.norm, self_attention=True)
         _set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_block.norm)
 
     decoder = spec.decoder
-    _set_input(decoder.embeddings, decoder, model.tgt_embed, positions)
+    _set_input(decoder.embeddings, decoder, model.tgt_embed, positions, cfg.scale_embeddings)
     for layer_spec, layer in zip(decoder.layer, model.decoder):
         _set_attention(layer_spec.self_attention, layer.self_attn, layer.self_block.norm, self_attention=True)
         _set_attention(layer_spec.attention, layer.cross_attn, layer.cross_block.norm, self_attention=False)
         _set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_block.norm)
     decoder.projection.weight = _array(model.output.weight)
+    if cfg.output_bias:
+        decoder.projection.bias = _array(model.output.bias)
 
     if cfg.pre_norm:  # post-norm stacks end in their last layer's norm; CTranslate2 then has no final one either
         _set_norm(encoder.layer_norm, model.encoder_norm)
@@ -109,10 +88,12 @@ def transformer_spec(ctranslate2, model: Transformer, tokenizer: Tokenizer):
                          "embeddings")
     spec.register_source_vocabulary(vocabulary)
     spec.register_target_vocabulary(vocabulary)
-    # Our encoder reads the pieces then </s> (no <s>); the decoder starts from <s>.
+    # Our encoder reads the pieces then </s> (no <s>); the decoder starts from <s> (<pad> in MarianMT models).
     spec.config.add_source_bos = False
     spec.config.add_source_eos = True
-    spec.config.decoder_start_token = "<s>"
+    spec.config.decoder_start_token = vocabulary[cfg.bos_id]
+    spec.config.bos_token, spec.config.eos_token = vocabulary[cfg.bos_id], vocabulary[cfg.eos_id]
+    spec.config.unk_token = vocabulary[tokenizer.special.unk]
     spec.config.layer_norm_epsilon = next(m.eps for m in model.modules() if isinstance(m, nn.LayerNorm))
     return spec
 
@@ -121,9 +102,9 @@ def _array(tensor: torch.Tensor):
     return tensor.detach().float().cpu().contiguous().numpy()
 
 
-def _set_input(embeddings_spec, stack_spec, embedding: nn.Embedding, positions: torch.Tensor) -> None:
+def _set_input(embeddings_spec, stack_spec, embedding: nn.Embedding, positions: torch.Tensor, scale: bool) -> None:
     embeddings_spec.weight = _array(embedding.weight)
-    stack_spec.scale_embeddings = True  # by sqrt(d_model), as Transformer._embed does
+    stack_spec.scale_embeddings = scale  # by sqrt(d_model), as Transformer._embed does
     stack_spec.position_encodings.encodings = _array(positions)
 
 

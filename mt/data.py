@@ -21,7 +21,7 @@ import torch
 
 from mt.files import InputError, read_parallel
 from mt.schema import bounded
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerConfig
+from mt.tokenizer import OURS, PAD_ID, SpecialIds, Tokenizer, TokenizerConfig
 
 if TYPE_CHECKING:
     import datasets
@@ -164,7 +164,7 @@ def corpus_fingerprint(split: datasets.Dataset) -> str:
 # ---------------------------------------------------------------- encoding and filtering
 
 def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:
-    src_ids, tgt_ids = tokenizer.encode(batch["src"]), tokenizer.encode(batch["tgt"])
+    src_ids, tgt_ids = tokenizer.encode(batch["src"]), tokenizer.encode_target(batch["tgt"])
     return {
         "src_ids": src_ids, "tgt_ids": tgt_ids,
         "src_len": [len(ids) + 1 for ids in src_ids], "tgt_len": [len(ids) + 1 for ids in tgt_ids],
@@ -182,7 +182,7 @@ def encode(split: datasets.Dataset, tokenizer: Tokenizer, keep_text: bool) -> da
     return split.map(
         _encode_batch, batched=True, fn_kwargs={"tokenizer": tokenizer},
         remove_columns=None if keep_text else ["src", "tgt"], features=features,
-        new_fingerprint=_hash((split._fingerprint, hashlib.sha256(tokenizer.model_bytes).hexdigest(), keep_text)),
+        new_fingerprint=_hash((split._fingerprint, tokenizer.digest, keep_text)),
         desc="encoding",
     )
 
@@ -216,38 +216,43 @@ class Batch:
     tgt_in: torch.Tensor  # (B, T) bos + ids
     tgt_out: torch.Tensor  # (B, T) ids + eos
     alignment: Optional[torch.Tensor] = None  # (B, T, S) gold links per decoder step, when an aligning head trains
+    pad_id: int = PAD_ID
 
     @property
     def target_tokens(self) -> int:
-        return int(self.tgt_out.ne(PAD_ID).sum())
+        return int(self.tgt_out.ne(self.pad_id).sum())
 
     def to(self, device: torch.device) -> Batch:
         alignment = self.alignment.to(device) if self.alignment is not None else None
-        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), alignment)
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), alignment, self.pad_id)
 
 
-def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None,
+             pad_id: int = PAD_ID) -> torch.Tensor:
     """prefix + row + suffix for each row (the row cut to fit max_len), padded into one (rows, longest) tensor."""
     rows = [prefix + (r[:max_len - len(prefix) - len(suffix)] if max_len else r) + suffix for r in rows]
-    out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+    out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
     return out
 
 
-def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int | None = None) -> Batch:
+def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int | None = None,
+               special: SpecialIds = OURS) -> Batch:
     """Sources + EOS, BOS + targets, targets + EOS, padded; `max_len` truncates them (for decoding)."""
     return Batch(
-        src=pad_rows(src_ids, [], [EOS_ID], max_len),
-        tgt_in=pad_rows(tgt_ids, [BOS_ID], [], max_len),
-        tgt_out=pad_rows(tgt_ids, [], [EOS_ID], max_len),
+        src=pad_rows(src_ids, [], [special.eos], max_len, special.pad),
+        tgt_in=pad_rows(tgt_ids, [special.bos], [], max_len, special.pad),
+        tgt_out=pad_rows(tgt_ids, [], [special.eos], max_len, special.pad),
+        pad_id=special.pad,
     )
 
 
-def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = None) -> Batch:
+def collate(split: datasets.Dataset, indices: list[int], max_len: int | None = None,
+            special: SpecialIds = OURS) -> Batch:
     """Read rows `indices` and pad them; `max_len` truncates sources (and targets) for decoding."""
     rows = split.select_columns(["src_ids", "tgt_ids"])[indices]
-    return make_batch(rows["src_ids"], rows["tgt_ids"], max_len)
+    return make_batch(rows["src_ids"], rows["tgt_ids"], max_len, special)
 
 
 def decoding_batches(src_ids: list[list[int]], max_tokens: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -195,3 +196,34 @@ def exclusive(folder: str | os.PathLike, what: str):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_folder(out_dir: str | os.PathLike, fill: Callable[[Path], None], kind: str, marker: str, force: bool,
+                 keep: str | os.PathLike) -> Path:
+    """Write a folder of `kind` (an export: a CTranslate2 model, a Hugging Face model) at `out_dir` by calling
+    `fill` on an empty staging folder beside it, then renaming that into place: a failed write leaves no half
+    folder, and an earlier export is replaced only with `force`, and only if it holds `marker` (never a folder of
+    something else, such as "."). `keep` (the checkpoint exported) may not lie inside it."""
+    out_dir, keep = Path(out_dir).resolve(), Path(keep).resolve()
+    if out_dir == keep or out_dir in keep.parents:
+        raise InputError(f"{out_dir}: holds the checkpoint {keep}, which replacing it would destroy; choose "
+                         "another output folder")
+    if out_dir.exists():
+        if not out_dir.is_dir() or (not (out_dir / marker).is_file() and any(out_dir.iterdir())):
+            raise InputError(f"{out_dir}: already exists and is not {kind}; choose another output folder")
+        if not force:
+            raise InputError(f"{out_dir}: already exists; pass --force to replace it")
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    try:
+        staging.mkdir(parents=True)
+        fill(staging)
+        earlier = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        if out_dir.exists():
+            out_dir.rename(earlier)  # kept until the new export is in place
+        staging.rename(out_dir)
+        shutil.rmtree(earlier, ignore_errors=True)
+    except OSError as e:  # a full disk, a file-size limit, no permission: an earlier export stays if it can
+        raise InputError(f"{out_dir}: could not write it ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

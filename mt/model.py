@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,16 @@ from torch import Tensor, nn
 
 from mt.attention import KVCache, MultiHeadAttention
 from mt.schema import bounded
+from mt.tokenizer import SpecialIds
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    swish = "swish"  # x * sigmoid(x), as MarianMT (OPUS-MT) models use
+    gelu = "gelu"
+
+
+ACTIVATIONS = {Activation.relu: nn.ReLU, Activation.swish: nn.SiLU, Activation.gelu: nn.GELU}
 
 
 @dataclass
@@ -28,11 +39,17 @@ class ModelConfig:
     # on the embeddings and every sublayer's output (0.1 overfits Multi30k: docs/recipe.md)
     dropout: float = bounded(0.3, low=0, below=1)
     attention_dropout: float = bounded(0.0, low=0, below=1)  # on the attention weights
-    activation_dropout: float = bounded(0.0, low=0, below=1)  # inside the feed-forward block, after the ReLU
+    activation_dropout: float = bounded(0.0, low=0, below=1)  # inside the feed-forward block, after the activation
+    activation: Activation = Activation.relu  # of the feed-forward block
     pre_norm: bool = True
     tie_embeddings: bool = True
+    scale_embeddings: bool = True  # token embeddings times sqrt(d_model) before the positions are added
+    output_bias: bool = False  # a bias on the output layer's logits (MarianMT's final_logits_bias)
     max_positions: int = bounded(256, low=2)
-    pad_id: int = 0
+    # The vocabulary's special tokens: set from the tokenizer, not by hand.
+    pad_id: int = SpecialIds.pad
+    bos_id: int = SpecialIds.bos
+    eos_id: int = SpecialIds.eos
 
 
 class SinusoidalPositions(nn.Module):
@@ -54,8 +71,10 @@ class SinusoidalPositions(nn.Module):
 class FeedForward(nn.Sequential):
     # The inner activations are dropped only when asked (activation_dropout): four times wider than the residual
     # stream, their random mask cost about a tenth of a CPU training step.
-    def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float = 0.0):
-        super().__init__(nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, d_model))
+    def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float = 0.0,
+                 activation: Activation = Activation.relu):
+        super().__init__(nn.Linear(d_model, ffn_dim), ACTIVATIONS[Activation(activation)](),
+                         nn.Linear(ffn_dim, d_model))
         self.activation_dropout = activation_dropout
 
     def forward(self, x: Tensor) -> Tensor:
@@ -84,7 +103,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
         self.attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
@@ -98,7 +117,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
         self.self_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.cross_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
@@ -186,7 +205,7 @@ class Transformer(nn.Module):
         # Pre-norm leaves the residual stream unnormalized, so each stack ends with a norm.
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
         if cfg.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
         self._init_weights()
@@ -195,13 +214,16 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() > 1 and "embed" not in name:
                 nn.init.xavier_uniform_(p)
+        if self.cfg.output_bias:
+            nn.init.zeros_(self.output.bias)
         for embedding in {self.src_embed, self.tgt_embed}:
             # With sqrt(d) scaling at the input, N(0, d^-1/2) gives unit-scale inputs and sane tied logits.
             nn.init.normal_(embedding.weight, std=self.cfg.d_model ** -0.5)
             nn.init.zeros_(embedding.weight[self.cfg.pad_id])
 
     def _embed(self, embedding: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
-        x = embedding(tokens) * math.sqrt(self.cfg.d_model) + self.positions(tokens.size(1), start)
+        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
+        x = embedding(tokens) * scale + self.positions(tokens.size(1), start)
         return self.embed_dropout(x)
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
@@ -228,7 +250,9 @@ class Transformer(nn.Module):
         attention, full_context = [], None
         for i, layer in enumerate(self.decoder):
             if i == full_context_layer:
-                full_context = layer.full_context_weights(x, memory, src_pad, tgt_in.eq(self.cfg.pad_id))
+                target_pad = tgt_in.eq(self.cfg.pad_id)
+                target_pad[:, 0] = False  # BOS, which may share pad's id (MarianMT)
+                full_context = layer.full_context_weights(x, memory, src_pad, target_pad)
             caches = state.caches[i] if state is not None else None
             wanted = need_attention or i == attention_layer
             x, weights = layer(x, memory, src_pad, caches, wanted)

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from mt.model import Transformer
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -19,47 +18,48 @@ class Hypotheses:
     scores: list[float]  # sum of the tokens' log-probabilities, EOS included
 
 
-def max_output_lengths(src: Tensor, a: float, b: int, limit: int) -> Tensor:
+def max_output_lengths(src: Tensor, a: float, b: int, limit: int, pad_id: int) -> Tensor:
     """Per sentence, the most tokens to generate (EOS included): a * source length + b, within the model limit."""
-    src_len = src.ne(PAD_ID).sum(dim=1)
+    src_len = src.ne(pad_id).sum(dim=1)
     return (src_len.float() * a + b).floor().long().clamp(min=1, max=limit - 1)
 
 
 @torch.no_grad()
 def greedy_search(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Hypotheses:
     batch = src.size(0)
-    max_len = max_output_lengths(src, max_len_a, max_len_b, model.cfg.max_positions)
+    cfg = model.cfg
+    max_len = max_output_lengths(src, max_len_a, max_len_b, cfg.max_positions, cfg.pad_id)
     state = model.start_decoding(src)
-    tokens = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=src.device)
+    tokens = torch.full((batch, 1), cfg.bos_id, dtype=torch.long, device=src.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
     scores = torch.zeros(batch, device=src.device)
     outputs = []
     for step in range(int(max_len.max())):
         logits = model.decode_step(tokens, state).logits[:, -1]
-        log_probs = _never_padding_or_bos(torch.log_softmax(logits, dim=-1, dtype=torch.float32))
+        log_probs = _never_padding_or_bos(torch.log_softmax(logits, dim=-1, dtype=torch.float32), cfg)
         best = log_probs.argmax(dim=-1)
-        best = torch.where(step + 1 >= max_len, torch.full_like(best, EOS_ID), best)  # out of room: end here
-        best = best.masked_fill(finished, PAD_ID)
+        best = torch.where(step + 1 >= max_len, torch.full_like(best, cfg.eos_id), best)  # out of room: end here
+        best = best.masked_fill(finished, cfg.pad_id)
         scores += log_probs.gather(1, best[:, None]).squeeze(1).masked_fill(finished, 0.0)
         outputs.append(best)
-        finished |= best.eq(EOS_ID)
+        finished |= best.eq(cfg.eos_id)
         if finished.all():
             break
         tokens = best[:, None]
     generated = torch.stack(outputs, dim=1).tolist()
-    return Hypotheses([_strip(row) for row in generated], scores.tolist())
+    return Hypotheses([_strip(row, cfg.eos_id) for row in generated], scores.tolist())
 
 
-def _never_padding_or_bos(log_probs: Tensor) -> Tensor:
+def _never_padding_or_bos(log_probs: Tensor, cfg) -> Tensor:
     """Outputs may not contain PAD or BOS; their probability is not spread over the rest, so scores stay the
     model's own log-probabilities."""
-    log_probs[:, PAD_ID] = -math.inf
-    log_probs[:, BOS_ID] = -math.inf
+    log_probs[:, cfg.pad_id] = -math.inf
+    log_probs[:, cfg.bos_id] = -math.inf
     return log_probs
 
 
-def _strip(row: list[int]) -> list[int]:
-    return row[:row.index(EOS_ID)] if EOS_ID in row else row
+def _strip(row: list[int], eos_id: int) -> list[int]:
+    return row[:row.index(eos_id)] if eos_id in row else row
 
 
 @dataclass
@@ -90,13 +90,14 @@ def beam_search(
     if nbest > beam_size:
         raise ValueError(f"nbest={nbest} cannot exceed beam_size={beam_size}")
     batch, k, device = src.size(0), beam_size, src.device
-    max_len = max_output_lengths(src, max_len_a, max_len_b, model.cfg.max_positions)
+    cfg = model.cfg
+    max_len = max_output_lengths(src, max_len_a, max_len_b, cfg.max_positions, cfg.pad_id)
     state = model.start_decoding(src)
     active = torch.arange(batch, device=device)  # the sentence of each group of rows
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]  # the nbest best so far, best first
     threshold = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)  # the nbest-th's score
     scores = torch.zeros(batch, 1, device=device)  # per sentence and open beam: one at first (all k are equal)
-    history = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)
+    history = torch.full((batch, 1), cfg.bos_id, dtype=torch.long, device=device)
 
     for step in range(int(max_len.max())):
         if use_cache:
@@ -109,11 +110,11 @@ def beam_search(
         # A sentence's k best candidates, and its k best that do not end, are among the k + 1 best tokens of
         # their own beam; of these, the 2k best hold k that do not end, whatever happens.
         width = min(k + 1, logits.size(-1))
-        beam_log_probs, beam_tokens = _best_tokens(logits, width, at_limit.repeat_interleave(beams))
+        beam_log_probs, beam_tokens = _best_tokens(logits, width, at_limit.repeat_interleave(beams), cfg)
         candidates = (scores.view(-1, 1) + beam_log_probs).view(sentences, beams * width)
         top_scores, top_ids = candidates.topk(min(2 * k, beams * width), dim=1)
         top_beams, top_tokens = top_ids // width, beam_tokens.view(sentences, beams * width).gather(1, top_ids)
-        is_eos = top_tokens.eq(EOS_ID)
+        is_eos = top_tokens.eq(cfg.eos_id)
 
         # Hypotheses that end here, if they rank among the k best candidates of their sentence.
         ends = is_eos[:, :k] & top_scores[:, :k].isfinite()
@@ -144,19 +145,19 @@ def beam_search(
     return finished
 
 
-def _best_tokens(logits: Tensor, width: int, ending: Tensor) -> tuple[Tensor, Tensor]:
+def _best_tokens(logits: Tensor, width: int, ending: Tensor, cfg) -> tuple[Tensor, Tensor]:
     """Each row's `width` most likely next tokens, best first, with their log-probabilities in float32: never
     PAD or BOS, and on `ending` rows EOS alone."""
     # On CPU a few rows at a time, which stay in cache from log_softmax to topk: over the whole (rows, vocabulary)
     # matrix at once, these two took longer than the output layer that made it.
     rows = 64 if logits.device.type == "cpu" else len(logits)
-    best = [_never_padding_or_bos(torch.log_softmax(block, dim=-1, dtype=torch.float32)).topk(width, dim=1)
+    best = [_never_padding_or_bos(torch.log_softmax(block, dim=-1, dtype=torch.float32), cfg).topk(width, dim=1)
             for block in logits.split(rows)]
     log_probs, tokens = torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
     if ending.any():
         log_probs[ending] = -math.inf
-        log_probs[ending, 0] = torch.log_softmax(logits[ending], dim=-1, dtype=torch.float32)[:, EOS_ID]
-        tokens[ending, 0] = EOS_ID
+        log_probs[ending, 0] = torch.log_softmax(logits[ending], dim=-1, dtype=torch.float32)[:, cfg.eos_id]
+        tokens[ending, 0] = cfg.eos_id
     return log_probs, tokens
 
 
@@ -186,16 +187,16 @@ class Scored:
 def score_outputs(model: Transformer, src: Tensor, outputs: list[list[int]], need_attention: bool = False,
                   full_context_layer: int | None = None) -> Scored:
     """Teacher-forced pass over given outputs (token ids without BOS/EOS), one per source row."""
-    longest = max(len(o) for o in outputs) + 1
-    tgt_in = torch.full((len(outputs), longest), PAD_ID, dtype=torch.long, device=src.device)
-    tgt_out = torch.full_like(tgt_in, PAD_ID)
+    longest, cfg = max(len(o) for o in outputs) + 1, model.cfg
+    tgt_in = torch.full((len(outputs), longest), cfg.pad_id, dtype=torch.long, device=src.device)
+    tgt_out = torch.full_like(tgt_in, cfg.pad_id)
     for i, output in enumerate(outputs):
-        tgt_in[i, :len(output) + 1] = torch.tensor([BOS_ID] + output)
-        tgt_out[i, :len(output) + 1] = torch.tensor(output + [EOS_ID])
+        tgt_in[i, :len(output) + 1] = torch.tensor([cfg.bos_id] + output)
+        tgt_out[i, :len(output) + 1] = torch.tensor(output + [cfg.eos_id])
     out = model(src, tgt_in, need_attention=need_attention, full_context_layer=full_context_layer)
     token_log_probs = out.logits.float().log_softmax(dim=-1).gather(-1, tgt_out[..., None]).squeeze(-1)
-    log_probs = token_log_probs.masked_fill(tgt_out.eq(PAD_ID), 0.0).sum(dim=1).tolist()
-    src_len = src.ne(PAD_ID).sum(dim=1).tolist()
+    log_probs = token_log_probs.masked_fill(tgt_out.eq(cfg.pad_id), 0.0).sum(dim=1).tolist()
+    src_len = src.ne(cfg.pad_id).sum(dim=1).tolist()
     attention, full_context = [], []
     if need_attention:
         stacked = torch.stack(out.cross_attention, dim=1).float().cpu()  # (B, layers, heads, T, S)

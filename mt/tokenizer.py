@@ -1,9 +1,13 @@
-"""One joint SentencePiece model for source and target, trained once and cached by a hash of its inputs."""
+"""Subword ids for source and target lines: one joint SentencePiece model, trained once and cached by a hash of its
+inputs, or, for a model from elsewhere (MarianMT), a source and a target SentencePiece model whose pieces one shared
+vocabulary numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -18,7 +22,20 @@ from mt.schema import bounded
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int = 0
+    unk: int = 1
+    bos: int = 2  # the decoder's first input (MarianMT starts from pad: the two may be one id)
+    eos: int = 3
+
+
+# The ids of every SentencePiece model trained here.
+OURS = SpecialIds()
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = OURS.pad, OURS.unk, OURS.bos, OURS.eos
+# What a checkpoint stores of a tokenizer (Tokenizer.checkpoint_fields); the last three only for a vocabulary's.
+CHECKPOINT_KEYS = ("spm_model", "spm_target_model", "vocabulary", "special_pieces")
 
 
 @dataclass
@@ -33,34 +50,100 @@ class TokenizerConfig:
 
 
 class Tokenizer:
-    def __init__(self, model_bytes: bytes):
+    """One SentencePiece model whose ids are the model's, for both sides; or, given `vocabulary` (the piece of each
+    id) and `special_pieces` (pad, unk, bos, eos), a source model (`model_bytes`) and a target model whose pieces
+    the vocabulary numbers, a piece it lacks becoming unk (MarianMT's source.spm, target.spm and vocab.json)."""
+
+    def __init__(self, model_bytes: bytes, target_model_bytes: bytes | None = None,
+                 vocabulary: list[str] | None = None, special_pieces: dict[str, str] | None = None):
         self.model_bytes = model_bytes
         self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-        if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, BOS_ID, EOS_ID):
-            raise ValueError("the SentencePiece model does not use this toolkit's special ids (pad 0, bos 2, eos 3)")
+        self.target_model_bytes, self.vocabulary, self.special_pieces = target_model_bytes, vocabulary, special_pieces
+        if vocabulary is None:
+            self.target_sp, self.special = self.sp, OURS
+            if (self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id()) != (PAD_ID, BOS_ID, EOS_ID):
+                raise ValueError("the SentencePiece model does not use this toolkit's special ids "
+                                 "(pad 0, bos 2, eos 3)")
+            return
+        self.target_sp = spm.SentencePieceProcessor(model_proto=target_model_bytes or model_bytes)
+        self.ids = {piece: i for i, piece in enumerate(vocabulary)}
+        missing = [piece for piece in special_pieces.values() if piece not in self.ids]
+        if missing:
+            raise ValueError(f"the vocabulary has no {missing[0]!r}")
+        self.special = SpecialIds(**{name: self.ids[piece] for name, piece in special_pieces.items()})
+
+    @classmethod
+    def from_checkpoint(cls, content: dict) -> Tokenizer:
+        return cls(content["spm_model"], content.get("spm_target_model"), content.get("vocabulary"),
+                   content.get("special_pieces"))
+
+    def checkpoint_fields(self) -> dict:
+        fields = {"spm_model": self.model_bytes}
+        if self.vocabulary is not None:
+            fields.update(spm_target_model=self.target_model_bytes, vocabulary=self.vocabulary,
+                          special_pieces=self.special_pieces)
+        return fields
+
+    @property
+    def digest(self) -> str:
+        """Identifies the segmentation and the ids (for caches)."""
+        return hashlib.sha256(json.dumps([self.model_bytes.hex(), (self.target_model_bytes or b"").hex(),
+                                          self.vocabulary, self.special_pieces]).encode()).hexdigest()
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return self.sp.get_piece_size() if self.vocabulary is None else len(self.vocabulary)
 
     def encode(self, lines: list[str]) -> list[list[int]]:
-        return self.sp.encode(lines)
+        """Source lines -> ids."""
+        return self._numbered(self.sp, lines)
 
-    def encode_sampled(self, lines: list[str], alpha: float, seed: int) -> list[list[int]]:
+    def encode_target(self, lines: list[str]) -> list[list[int]]:
+        return self._numbered(self.target_sp, lines)
+
+    def encode_sampled(self, lines: list[str], alpha: float, seed: int, target: bool = False) -> list[list[int]]:
         """A segmentation of each line sampled from the unigram model (subword regularization, Kudo 2018), with
         probability proportional to p ** alpha over all segmentations; the same seed gives the same sample."""
         spm.set_random_generator_seed(seed)
         # One thread: SentencePiece seeds each new thread's generator from the seed above, in this thread alone.
-        return self.sp.encode(lines, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
+        return self._numbered(self.target_sp if target else self.sp, lines, enable_sampling=True, alpha=alpha,
+                              nbest_size=-1, num_threads=1)
+
+    def _numbered(self, sp: spm.SentencePieceProcessor, lines: list[str], **options) -> list[list[int]]:
+        if self.vocabulary is None:
+            return sp.encode(lines, **options)
+        unk = self.special.unk
+        return [[self.ids.get(piece, unk) for piece in row] for row in sp.encode(lines, out_type=str, **options)]
 
     def decode(self, ids: list[list[int]]) -> list[str]:
-        return self.sp.decode(ids)
+        """Target ids -> lines, without spaces at either end (a lone word boundary piece "▁" last decodes to one);
+        the vocabulary's special tokens are left out, as transformers' MarianTokenizer leaves them."""
+        if self.vocabulary is None:
+            return [line.strip() for line in self.sp.decode(ids)]
+        # As MarianTokenizer decodes with one vocabulary for both sides: by the source model, which leaves a piece
+        # it lacks as it is, "▁" and all.
+        special = set(dataclasses.astuple(self.special))
+        return [self.sp.decode_pieces([self.vocabulary[i] for i in row if i not in special]).replace("▁", " ").strip()
+                for row in ids]
 
     def pieces(self, ids: list[int]) -> list[str]:
-        return [self.sp.id_to_piece(i) for i in ids]
+        if self.vocabulary is None:
+            return [self.sp.id_to_piece(i) for i in ids]
+        return [self.vocabulary[i] for i in ids]
 
-    def save(self, path: str | os.PathLike) -> None:
-        write_atomically(path, lambda f: f.write(self.model_bytes))
+    def save(self, folder: str | os.PathLike) -> list[Path]:
+        """Write the SentencePiece model as spm.model in `folder`; a vocabulary's tokenizer writes source.spm,
+        target.spm and vocab.json (MarianMT's files) instead."""
+        folder = Path(folder)
+        if self.vocabulary is None:
+            written = {"spm.model": self.model_bytes}
+        else:
+            numbered = {piece: i for i, piece in enumerate(self.vocabulary)}
+            written = {"source.spm": self.model_bytes, "target.spm": self.target_model_bytes or self.model_bytes,
+                       "vocab.json": json.dumps(numbered, ensure_ascii=False, indent=1).encode()}
+        for name, content in written.items():
+            write_atomically(folder / name, lambda f, content=content: f.write(content))
+        return [folder / name for name in written]
 
 
 def train_or_load(
@@ -92,7 +175,7 @@ def train_or_load(
     )
     tokenizer = Tokenizer(model.getvalue())
     log.info("SentencePiece model: trained in %.1f s", time.perf_counter() - started)
-    tokenizer.save(path)
+    write_atomically(path, lambda f: f.write(tokenizer.model_bytes))
     return tokenizer
 
 

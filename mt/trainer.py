@@ -30,10 +30,10 @@ from mt.config import OptimConfig, Optimizer, TrainConfig
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
+from mt.huggingface import from_transformers
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import alignment_loss, label_smoothed_cross_entropy
 from mt.model import Transformer
-from mt.tokenizer import PAD_ID
 from mt.training_data import TrainingData
 from mt.training_log import TrainingLog
 from mt.validation import Validation
@@ -75,14 +75,27 @@ class Trainer:
         if self.world.is_main:
             self.checkpoints.remove_partial_writes()
 
+        imported = None
+        if cfg.init.from_hf:
+            with distributed.main_first(self.world):  # one download
+                imported = from_transformers(cfg.init.from_hf)
+            m = cfg.model
+            self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+                imported.config, dropout=m.dropout, attention_dropout=m.attention_dropout,
+                activation_dropout=m.activation_dropout))
         aligning = cfg.align.weight > 0
-        self.data = TrainingData(cfg, self.world, self.run_dir, aligning)
+        self.data = TrainingData(cfg, self.world, self.run_dir, aligning, imported and imported.tokenizer)
         self.tokenizer = self.data.tokenizer
         self.alignment_head = (trained_head(cfg.align, cfg.model.decoder_layers, cfg.model.n_heads)
                                if aligning and self.data.has_links else None)
 
-        self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=PAD_ID)
-        self.model = Transformer(self.model_cfg).to(self.device)
+        special = self.tokenizer.special
+        self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=special.pad,
+                                             bos_id=special.bos, eos_id=special.eos)
+        self.model = Transformer(self.model_cfg)
+        if imported is not None:
+            self.model.load_state_dict(imported.weights)
+        self.model.to(self.device)
         self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
         self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -139,7 +152,7 @@ class Trainer:
         if state is None:
             log.info("trainer.resume: no %s yet, starting from scratch", path)
             return
-        check_resumable(state, path, self.model_cfg, self.tokenizer.model_bytes)
+        check_resumable(state, path, self.model_cfg, self.tokenizer.checkpoint_fields())
         self.model.load_state_dict(state["model"])
         for part in ("optimizer", "schedule", "scaler"):
             getattr(self, part).load_state_dict(state[part])
@@ -172,7 +185,7 @@ class Trainer:
                 with self.autocast():
                     out = self.replicas(batch.src, batch.tgt_in, **(head.pass_arguments() if head else {}))
                 loss, nll = label_smoothed_cross_entropy(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
-                                                         PAD_ID)
+                                                         self.model_cfg.pad_id)
                 if head is not None:
                     aligned = alignment_loss(head.weights(out), batch.alignment)
                     loss = loss + self.cfg.align.weight * aligned

@@ -27,20 +27,25 @@ log = logging.getLogger(__name__)
 
 
 class TrainingData:
-    def __init__(self, cfg: TrainConfig, world: distributed.World, run_dir: Path, aligning: bool):
-        """`aligning`: an alignment head trains, so the training pairs need links (from a file or eflomal)."""
+    def __init__(self, cfg: TrainConfig, world: distributed.World, run_dir: Path, aligning: bool,
+                 tokenizer: Optional[Tokenizer] = None):
+        """`aligning`: an alignment head trains, so the training pairs need links (from a file or eflomal);
+        `tokenizer`: the given model's (init.from_hf), else a SentencePiece model trained on the corpus."""
         self.cfg, self.world, self.run_dir = cfg, world, run_dir
-        if cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
+        given = tokenizer is not None
+        if not given and cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
             raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
                              f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
         with distributed.main_first(world):
             corpus = corpus_data.load_corpus(cfg.data)
-            if world.is_main:
+            if world.is_main and not given:
                 tokenizer = train_or_load(
                     corpus_data.texts(corpus["train"]), corpus_data.corpus_fingerprint(corpus["train"]),
                     cfg.data.tokenizer, Path(cfg.data.cache_dir) / "spm")
-                tokenizer.save(run_dir / "spm.model")
-        self.tokenizer = Tokenizer(distributed.from_main(world, tokenizer.model_bytes if world.is_main else None))
+            if world.is_main:
+                tokenizer.save(run_dir)
+        self.tokenizer = Tokenizer.from_checkpoint(
+            distributed.from_main(world, tokenizer.checkpoint_fields() if world.is_main else None))
 
         # Sampled segmentations are made from the text: the training split keeps it then.
         keep_text = cfg.data.sampling_alpha > 0
@@ -83,14 +88,15 @@ class TrainingData:
         alpha = self.cfg.data.sampling_alpha
         if alpha > 0:
             where = [self.cfg.trainer.seed, epoch, batch_in_epoch, self.world.rank]
-            seed = int(np.random.SeedSequence(where).generate_state(1)[0])
+            src_seed, tgt_seed = (int(seed) for seed in np.random.SeedSequence(where).generate_state(2))
             rows = self.train.select_columns(["src", "tgt"])[indices]
-            ids = self.tokenizer.encode_sampled(rows["src"] + rows["tgt"], alpha, seed)
-            src_ids, tgt_ids = ids[:len(indices)], ids[len(indices):]
+            src_ids = self.tokenizer.encode_sampled(rows["src"], alpha, src_seed)
+            tgt_ids = self.tokenizer.encode_sampled(rows["tgt"], alpha, tgt_seed, target=True)
         else:
             rows = self.train.select_columns(["src_ids", "tgt_ids"])[indices]
             src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
-        batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len)  # a sample may outgrow the best segmentation
+        # a sample may outgrow the best segmentation
+        batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len, self.tokenizer.special)
         if self.has_links:
             links = self.train.select_columns(["links"])[indices]["links"]
             batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),

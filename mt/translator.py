@@ -3,6 +3,7 @@ Translator that translate.py and training's evaluation both decode through."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -18,7 +19,7 @@ from mt.hardware import autocast_for, select_precision
 from mt.model import DecoderOutput, ModelConfig, Transformer
 from mt.schema import bounded
 from mt.search import Hypothesis, beam_search, greedy_search, length_penalty
-from mt.tokenizer import EOS_ID, Tokenizer
+from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class LoadedModel:
     model: Transformer
     tokenizer: Tokenizer
     alignment_head: Optional[AttentionSource]  # the trained head
+    # what else the checkpoint says of the model: its run's configuration, dev scores, step (where it has them)
+    about: dict = dataclasses.field(default_factory=dict)
 
 
 def load_model(path: str, device: torch.device) -> LoadedModel:
@@ -82,19 +85,20 @@ def load_model(path: str, device: torch.device) -> LoadedModel:
     try:
         model = Transformer(ModelConfig(**content["model_config"]))
         model.load_state_dict(content["model"])
-        tokenizer = Tokenizer(content["spm_model"])
+        tokenizer = Tokenizer.from_checkpoint(content)
         head = content.get("alignment_head")
         alignment_head = AttentionSource(**head) if head else None
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise InputError(f"{path}: does not hold a model this toolkit can build ({str(e).splitlines()[0]})") from None
-    return LoadedModel(model.to(device).eval(), tokenizer, alignment_head)
+    about = {key: content[key] for key in ("config", "dev", "step", "weights") if key in content}
+    return LoadedModel(model.to(device).eval(), tokenizer, alignment_head, about)
 
 
 def encode_for_model(tokenizer: Tokenizer, lines: list[str], model: Transformer, name: str = "input",
-                     warn: bool = True) -> list[list[int]]:
+                     warn: bool = True, target: bool = False) -> list[list[int]]:
     """Subword ids of each line, cut to the model's positions (room left for EOS); one warning counts the cut
     lines."""
-    ids = tokenizer.encode(lines)
+    ids = tokenizer.encode_target(lines) if target else tokenizer.encode(lines)
     limit = model.cfg.max_positions - 1
     too_long = [i for i, row in enumerate(ids) if len(row) > limit]
     if too_long and warn:
@@ -126,7 +130,7 @@ class Translator:
 
     @torch.no_grad()
     def _translate_batch(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
-        src = pad_rows(ids, [], [EOS_ID]).to(self.device)
+        src = pad_rows(ids, [], [self.tokenizer.special.eos], pad_id=self.tokenizer.special.pad).to(self.device)
         s = self.settings
         with self.autocast():
             if s.beam_size > 1:

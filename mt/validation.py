@@ -18,7 +18,7 @@ from mt.evaluate import Scores, score
 from mt.heatmap import attention_figure
 from mt.model import Transformer
 from mt.search import greedy_search, score_outputs
-from mt.tokenizer import PAD_ID, Tokenizer
+from mt.tokenizer import Tokenizer
 from mt.translator import SearchSettings, Translator
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,11 @@ class Validation:
             return
         was_training = self.model.training
         self.model.eval()
-        batch = corpus_data.collate(split, list(range(count)), max_len).to(self.device)
+        batch = corpus_data.collate(split, list(range(count)), max_len, self.tokenizer.special).to(self.device)
         outputs = greedy_search(self.model, batch.src, self.cfg.max_len_a, self.cfg.max_len_b).tokens
         attention = score_outputs(self.model, batch.src, outputs, need_attention=True).attention
         for i in range(count):
-            src_ids = [t for t in batch.src[i].tolist() if t != PAD_ID]
+            src_ids = [t for t in batch.src[i].tolist() if t != self.tokenizer.special.pad]
             layers = [layer.mean(dim=0) for layer in attention[i]]
             fig = attention_figure(layers, self.tokenizer.pieces(src_ids), self.tokenizer.pieces(outputs[i]) + ["</s>"],
                                    title=f"dev sentence {i}, step {step}")

@@ -221,8 +221,9 @@ class Decoder:
                 intra_threads=torch.get_num_threads() if device.type == "cpu" else 0)
             self.pieces = [[self.tokenizer.pieces(row) for row in b] for b in batches]  # the export appends </s>
             # CTranslate2 takes one length limit per batch: the longest of ours for that batch.
-            self.max_lengths = [int(max_output_lengths(s, SEARCH.max_len_a, SEARCH.max_len_b, cfg.max_positions).max())
-                                for s in self.sources]
+            self.max_lengths = [
+                int(max_output_lengths(s, SEARCH.max_len_a, SEARCH.max_len_b, cfg.max_positions, PAD_ID).max())
+                for s in self.sources]
 
     def run(self) -> list[list[int]]:
         """Translate every batch; returns the best output's token ids per sentence."""

@@ -199,7 +199,7 @@ def test_eval_alignment_runs_eflomal_beside_the_prediction_and_the_diagonal(tmp_
     (tmp_path / "first.align").write_text("".join(" ".join(f"0-{j}" for j in range(len(s.split()))) + "\n"
                                                   for s in gold))
     tokenizer = train_or_load(sentences, "copies", TokenizerConfig(vocab_size=40), tmp_path)
-    tokenizer.save(tmp_path / "spm.model")
+    tokenizer.save(tmp_path)  # spm.model
     command = [sys.executable, str(ROOT / "scripts" / "eval_alignment.py"), str(tmp_path / "gold.align"),
                str(tmp_path / "first.align"), "--source", str(tmp_path / "gold.de"), "--target",
                str(tmp_path / "gold.de")]

@@ -8,7 +8,6 @@ from a Pharaoh file or from eflomal.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -85,7 +84,7 @@ def links_from_eflomal(cfg: AlignmentTrainingConfig, sources: list[str], targets
                        cache_dir: Path, fingerprint: str) -> list[str]:
     """eflomal's symmetrized links of the pairs as `cfg` asks for them, kept under `cache_dir` (eflomal samples:
     a rerun would differ)."""
-    units = f"pieces-{hashlib.sha256(tokenizer.model_bytes).hexdigest()[:12]}" if cfg.eflomal_pieces else "words"
+    units = f"pieces-{tokenizer.digest[:12]}" if cfg.eflomal_pieces else "words"
     cache = cache_dir / f"eflomal-{fingerprint}-{units}-{cfg.eflomal_votes}of{cfg.eflomal_runs}.txt"
     if cache.is_file():
         log.info("alignment links: reusing %s", cache)

@@ -31,7 +31,6 @@ from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
 from mt.schema import bounded
 from mt.search import score_outputs
-from mt.tokenizer import EOS_ID
 from mt.translator import AttentionSource, LoadedModel, encode_for_model, load_model
 
 
@@ -114,10 +113,12 @@ class ForcedAligner:
         """Per pair, its pieces and attention, or None where either side is empty. Sides longer than the model's
         positions are read from their first pieces (one warning, naming `name`, if given)."""
         src_ids = encode_for_model(self.tokenizer, sources, self.model, f"{name} (source)", warn=name is not None)
-        tgt_ids = encode_for_model(self.tokenizer, targets, self.model, f"{name} (target)", warn=name is not None)
+        tgt_ids = encode_for_model(self.tokenizer, targets, self.model, f"{name} (target)", warn=name is not None,
+                                   target=True)
         results: list[Optional[PairAttention]] = [None] * len(sources)
         for rows in decoding_batches(src_ids, self.batch_tokens, tgt_ids):
-            src = pad_rows([src_ids[i] for i in rows], [], [EOS_ID]).to(self.device)
+            special = self.tokenizer.special
+            src = pad_rows([src_ids[i] for i in rows], [], [special.eos], pad_id=special.pad).to(self.device)
             with torch.no_grad(), self.autocast():
                 scored = score_outputs(self.model, src, [tgt_ids[i] for i in rows], need_attention=True,
                                        full_context_layer=self.source.full_context_layer)

@@ -10,9 +10,10 @@ from mt import cli
 from mt.averaging import mean_of_weights
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.files import InputError, same_file
+from mt.tokenizer import CHECKPOINT_KEYS
 
 # What a translating checkpoint carries besides its weights; training state (optimizer, RNG, ...) is not averaged.
-KEPT = ("model_config", "spm_model", "alignment_head")
+KEPT = ("model_config", *CHECKPOINT_KEYS, "alignment_head")
 
 
 def average_checkpoints(inputs: list[str], output: str, force: bool = False) -> dict:
@@ -25,7 +26,7 @@ def average_checkpoints(inputs: list[str], output: str, force: bool = False) -> 
     contents = [load_checkpoint(path) for path in inputs]
     first = contents[0]
     for path, content in zip(inputs[1:], contents[1:]):
-        for key in ("model_config", "spm_model"):
+        for key in ("model_config", *CHECKPOINT_KEYS):
             if content.get(key) != first.get(key):
                 what = "model settings" if key == "model_config" else "SentencePiece vocabulary"
                 raise InputError(f"{path}: its {what} differ from those of {inputs[0]}; only checkpoints of one "
