@@ -30,10 +30,11 @@ from mt.config import OptimConfig, Optimizer, TrainConfig
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
-from mt.huggingface import from_transformers
+from mt.huggingface import Imported, from_transformers
 from mt.interrupt import Interrupted, StopRequests
 from mt.loss import alignment_loss, label_smoothed_cross_entropy
-from mt.model import Transformer
+from mt.model import ModelConfig, Transformer
+from mt.tokenizer import Tokenizer
 from mt.training_data import TrainingData
 from mt.training_log import TrainingLog
 from mt.validation import Validation
@@ -62,6 +63,26 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return min(limits)
 
 
+def with_imported_model(cfg: TrainConfig, world: distributed.World) -> tuple[TrainConfig, Imported | None]:
+    """With init.from_hf: that model, and `cfg` with its architecture (the dropout rates stay cfg's)."""
+    if not cfg.init.from_hf:
+        return cfg, None
+    with distributed.main_first(world):  # one download
+        imported = from_transformers(cfg.init.from_hf)
+    rates = {key: getattr(cfg.model, key) for key in ("dropout", "attention_dropout", "activation_dropout")}
+    return dataclasses.replace(cfg, model=dataclasses.replace(imported.config, **rates)), imported
+
+
+def build_model(cfg: ModelConfig, tokenizer: Tokenizer, imported: Imported | None) -> Transformer:
+    """A model of `cfg` for `tokenizer`'s vocabulary: freshly initialized, or holding the imported weights."""
+    special = tokenizer.special
+    model = Transformer(dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size, pad_id=special.pad,
+                                            bos_id=special.bos, eos_id=special.eos))
+    if imported is not None:
+        model.load_state_dict(imported.weights)
+    return model
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -75,27 +96,16 @@ class Trainer:
         if self.world.is_main:
             self.checkpoints.remove_partial_writes()
 
-        imported = None
-        if cfg.init.from_hf:
-            with distributed.main_first(self.world):  # one download
-                imported = from_transformers(cfg.init.from_hf)
-            m = cfg.model
-            self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-                imported.config, dropout=m.dropout, attention_dropout=m.attention_dropout,
-                activation_dropout=m.activation_dropout))
+        cfg, imported = with_imported_model(cfg, self.world)
+        self.cfg = cfg
         aligning = cfg.align.weight > 0
         self.data = TrainingData(cfg, self.world, self.run_dir, aligning, imported and imported.tokenizer)
         self.tokenizer = self.data.tokenizer
         self.alignment_head = (trained_head(cfg.align, cfg.model.decoder_layers, cfg.model.n_heads)
                                if aligning and self.data.has_links else None)
 
-        special = self.tokenizer.special
-        self.model_cfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=special.pad,
-                                             bos_id=special.bos, eos_id=special.eos)
-        self.model = Transformer(self.model_cfg)
-        if imported is not None:
-            self.model.load_state_dict(imported.weights)
-        self.model.to(self.device)
+        self.model = build_model(cfg.model, self.tokenizer, imported).to(self.device)
+        self.model_cfg = self.model.cfg
         self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
         self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")

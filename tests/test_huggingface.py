@@ -226,6 +226,14 @@ def test_a_marian_model_fine_tunes_translates_and_exports_both_ways(marian, smal
                                 timeout=600)
     assert translated.returncode == 0, translated.stderr[-2000:]
     assert translated.stdout.splitlines() == our_greedy(checkpoint, lines)
+    assert len((tmp_path / "links").read_text().splitlines()) == len(lines)
+    (tmp_path / "pairs.de").write_text("\n".join(lines[:3]) + "\n")
+    (tmp_path / "pairs.en").write_text("\n".join(multi30k_lines("val", "en", 3)) + "\n")
+    aligned = subprocess.run([sys.executable, str(ROOT / "scripts" / "align.py"), f"checkpoint={checkpoint}",
+                              f"source={tmp_path / 'pairs.de'}", f"target={tmp_path / 'pairs.en'}"],
+                             env=ONE_THREAD, capture_output=True, text=True, timeout=600)
+    assert aligned.returncode == 0, aligned.stderr[-2000:]
+    assert len(aligned.stdout.splitlines()) == 3 and all("-" in line for line in aligned.stdout.splitlines())
 
     huggingface.export_hf(checkpoint, tmp_path / "hf")
     assert generated(tmp_path / "hf", lines, our_limits(loaded, lines)) == our_greedy(checkpoint, lines)

@@ -64,9 +64,10 @@ def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "gro
         raise InputError(f"eflomal: keeping links found by {votes} of {runs} runs is impossible (need 1 <= votes "
                          "<= runs)")
     tokenize = Tokenizer13a()
-    split = _PieceSplitter(tokenizer) if tokenizer is not None else None
-    split_sources = [_tokens_of_words(line, tokenize, split) for line in sources]
-    split_targets = [_tokens_of_words(line, tokenize, split) for line in targets]
+    split_source = _PieceSplitter(tokenizer, target=False) if tokenizer is not None else None
+    split_target = _PieceSplitter(tokenizer, target=True) if tokenizer is not None else None
+    split_sources = [_tokens_of_words(line, tokenize, split_source) for line in sources]
+    split_targets = [_tokens_of_words(line, tokenize, split_target) for line in targets]
     found: list[Counter] = [Counter() for _ in sources]
     combine = SYMMETRIZE[symmetrize]
     for run in range(runs):
@@ -81,14 +82,15 @@ def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "gro
 
 
 class _PieceSplitter:
-    """A 13a token's SentencePiece pieces, each token type encoded once."""
+    """A 13a token's SentencePiece pieces (the source's or the target's model), each token type encoded once."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, target: bool):
+        self.encode = tokenizer.encode_target if target else tokenizer.encode
         self.tokenizer, self.known = tokenizer, {}
 
     def __call__(self, token: str) -> list[str]:
         if token not in self.known:
-            self.known[token] = self.tokenizer.pieces(self.tokenizer.encode([token])[0]) or [token]
+            self.known[token] = self.tokenizer.pieces(self.encode([token])[0]) or [token]
         return self.known[token]
 
 
