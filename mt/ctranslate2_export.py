@@ -30,12 +30,12 @@ def export_ctranslate2(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     ctranslate2 = _import_ctranslate2()
     if quantization not in QUANTIZATIONS:
         raise InputError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    loaded = load_model(str(checkpoint), torch.device("cpu"))
-    spec = transformer_spec(ctranslate2, loaded.model, loaded.tokenizer)
-    spec.validate()
-    spec.optimize(quantization=quantization)  # also stores the tied embeddings once
 
-    def fill(folder: Path) -> None:
+    def fill(folder: Path) -> None:  # after the output folder's checks: a refusal comes before any work
+        loaded = load_model(str(checkpoint), torch.device("cpu"))
+        spec = transformer_spec(ctranslate2, loaded.model, loaded.tokenizer)
+        spec.validate()
+        spec.optimize(quantization=quantization)  # also stores the tied embeddings once
         spec.save(str(folder))
         loaded.tokenizer.save(folder)
 

@@ -237,11 +237,16 @@ def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_le
     return out
 
 
+def pad_sources(rows: list[list[int]], special: SpecialIds = OURS, max_len: int | None = None) -> torch.Tensor:
+    """Sources as the encoder reads them: ids + EOS, padded."""
+    return pad_rows(rows, [], [special.eos], max_len, special.pad)
+
+
 def make_batch(src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int | None = None,
                special: SpecialIds = OURS) -> Batch:
     """Sources + EOS, BOS + targets, targets + EOS, padded; `max_len` truncates them (for decoding)."""
     return Batch(
-        src=pad_rows(src_ids, [], [special.eos], max_len, special.pad),
+        src=pad_sources(src_ids, special, max_len),
         tgt_in=pad_rows(tgt_ids, [special.bos], [], max_len, special.pad),
         tgt_out=pad_rows(tgt_ids, [], [special.eos], max_len, special.pad),
         pad_id=special.pad,

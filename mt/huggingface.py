@@ -29,10 +29,8 @@ from mt.translator import load_model
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install '.[hf]'"
-# transformers' activation names for ours, and back
-ACTIVATION_NAMES = {Activation.relu: "relu", Activation.swish: "swish", Activation.gelu: "gelu"}
-IMPORTED_ACTIVATIONS = {"relu": Activation.relu, "swish": Activation.swish, "silu": Activation.swish,
-                        "gelu": Activation.gelu}
+# transformers names our activations as we do; "silu" is its other name for swish
+IMPORTED_ACTIVATIONS = {**{a.value: a for a in Activation}, "silu": Activation.swish}
 NORM_OF_TYPE = {"marian": False, "pegasus": True}  # model_type -> pre_norm
 
 
@@ -140,7 +138,7 @@ def hf_config(transformers, cfg: ModelConfig):
         encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
         encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
         encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
-        activation_function=ACTIVATION_NAMES[Activation(cfg.activation)], scale_embedding=cfg.scale_embeddings,
+        activation_function=Activation(cfg.activation).value, scale_embedding=cfg.scale_embeddings,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
         pad_token_id=cfg.pad_id, eos_token_id=cfg.eos_id, decoder_start_token_id=cfg.bos_id,
         forced_eos_token_id=cfg.eos_id, bos_token_id=None, tie_word_embeddings=True,
@@ -197,12 +195,12 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     """Write the model of `checkpoint` to `out_dir` as a transformers model with its tokenizer and a model card;
     with `push`, upload the folder to that Hub repository."""
     transformers = _transformers()
-    loaded = load_model(str(checkpoint), torch.device("cpu"))
-    theirs = to_transformers(loaded.model)
-    data = (loaded.about.get("config") or {}).get("data", {})
-    languages = (data.get("src_lang", "src"), data.get("tgt_lang", "tgt"))
 
-    def fill(folder: Path) -> None:
+    def fill(folder: Path) -> None:  # after the output folder's checks: a refusal comes before any work
+        loaded = load_model(str(checkpoint), torch.device("cpu"))
+        theirs = to_transformers(loaded.model)
+        data = (loaded.about.get("config") or {}).get("data", {})
+        languages = (data.get("src_lang", "src"), data.get("tgt_lang", "tgt"))
         theirs.save_pretrained(str(folder), safe_serialization=True)
         save_tokenizer(transformers, loaded.tokenizer, folder, languages, loaded.model.cfg.max_positions)
         write_text(folder / "README.md", model_card(loaded.about, theirs, languages, _run_results(checkpoint)))
@@ -269,9 +267,8 @@ def upload(folder: Path, repo: str) -> None:
         api.create_repo(repo, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo)
     except Exception as e:  # offline, no token, no rights: what the Hub said, in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"--push {repo}: could not upload {folder} to the Hugging Face Hub ({first}); the export "
-                         "itself is written") from None
+        raise InputError(f"--push {repo}: could not upload {folder} to the Hugging Face Hub ({_first_line(e)}); "
+                         "the export itself is written") from None
     log.info("pushed %s to https://huggingface.co/%s", folder, repo)
 
 
@@ -296,9 +293,13 @@ def local_folder(name_or_dir: str) -> Path:
         return Path(huggingface_hub.snapshot_download(name_or_dir, allow_patterns=[
             "*.json", "*.spm", "*.safetensors", "pytorch_model.bin", "README.md"]))
     except Exception as e:  # offline, an unknown name, no rights
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"init.from_hf={name_or_dir}: not a local folder, and the Hugging Face Hub could not give "
-                         f"it ({first})") from None
+                         f"it ({_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """What the Hub (or its client) said, in one line."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def from_transformers(name_or_dir: str) -> Imported:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mt.alignment.links import select_heads
 from mt.checkpoint import load_checkpoint
-from mt.data import decoding_batches, pad_rows
+from mt.data import decoding_batches, pad_sources
 from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
 from mt.model import DecoderOutput, ModelConfig, Transformer
@@ -130,7 +130,7 @@ class Translator:
 
     @torch.no_grad()
     def _translate_batch(self, ids: list[list[int]]) -> list[list[Hypothesis]]:
-        src = pad_rows(ids, [], [self.tokenizer.special.eos], pad_id=self.tokenizer.special.pad).to(self.device)
+        src = pad_sources(ids, self.tokenizer.special).to(self.device)
         s = self.settings
         with self.autocast():
             if s.beam_size > 1:

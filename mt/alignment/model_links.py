@@ -26,7 +26,7 @@ from mt.alignment.links import (
     renormalized,
     threshold_links,
 )
-from mt.data import decoding_batches, pad_rows
+from mt.data import decoding_batches, pad_sources
 from mt.files import InputError
 from mt.hardware import autocast_for, select_precision
 from mt.schema import bounded
@@ -117,8 +117,7 @@ class ForcedAligner:
                                    target=True)
         results: list[Optional[PairAttention]] = [None] * len(sources)
         for rows in decoding_batches(src_ids, self.batch_tokens, tgt_ids):
-            special = self.tokenizer.special
-            src = pad_rows([src_ids[i] for i in rows], [], [special.eos], pad_id=special.pad).to(self.device)
+            src = pad_sources([src_ids[i] for i in rows], self.tokenizer.special).to(self.device)
             with torch.no_grad(), self.autocast():
                 scored = score_outputs(self.model, src, [tgt_ids[i] for i in rows], need_attention=True,
                                        full_context_layer=self.source.full_context_layer)
