@@ -221,7 +221,7 @@ def test_a_marian_model_fine_tunes_translates_and_exports_both_ways(marian, smal
 
     lines = LINES[:8]
     translated = subprocess.run([sys.executable, str(ROOT / "translate.py"), f"checkpoint={checkpoint}",
-                                 "beam_size=1", f"alignments={tmp_path / 'links'}"],
+                                 "beam_size=1", "precision=fp32", f"alignments={tmp_path / 'links'}"],
                                 input="\n".join(lines) + "\n", env=ONE_THREAD, capture_output=True, text=True,
                                 timeout=600)
     assert translated.returncode == 0, translated.stderr[-2000:]
