@@ -1,5 +1,6 @@
 # make train: set up .venv and train the default model on the shipped Multi30k corpus.
-# make test:  set up .venv, lint, and run the test suite.
+# make test:  set up .venv, lint, and run the test suite, one pytest-xdist worker per core (a test file stays on one
+#             worker, so its module fixtures are built once).
 # TORCH picks the PyTorch build: the default is a CPU build where one is at hand; a GPU user runs
 #   make train TORCH=torch==2.13.0            (PyPI's Linux wheel, with CUDA)
 PYTHON ?= python3
@@ -21,7 +22,7 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadscope $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache outputs multirun

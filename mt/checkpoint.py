@@ -118,6 +118,18 @@ def check_resumable(state: dict, path: Path, model_config, tokenizer_fields: dic
                          "data and data.tokenizer.* settings")
 
 
+def random_state(device: torch.device) -> dict:
+    """The random generators' states, which a resumed run restores to draw what an uninterrupted one would."""
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+
+
+def restore_random_state(state: dict) -> None:
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 class RunCheckpoints:
     """A training run's checkpoints and which are kept: last.pt (everything a resumed run needs), best.pt (the
     best on dev so far, as translate.py loads it) and step_N.pt (the last `keep` evaluations, for averaging)."""

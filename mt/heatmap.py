@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: figures are only rendered to images
-
-import matplotlib.pyplot as plt
 from torch import Tensor
 
 
 def attention_figure(panels: list[Tensor], src_tokens: list[str], tgt_tokens: list[str], title: str = "",
                      panel_titles: list[str] | None = None):
     """One (target x source) attention matrix per panel, side by side; panels are layers unless titled."""
+    # Imported here, not at the top: matplotlib is a large share of start-up, which commands that draw no heatmap skip.
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: figures are only rendered to images
+    import matplotlib.pyplot as plt
+
     width = max(3.0, 0.3 * len(src_tokens) + 1.5)
     height = max(2.5, 0.3 * len(tgt_tokens) + 1.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)

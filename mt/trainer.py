@@ -25,7 +25,14 @@ from mt import distributed
 from mt.alignment.head import trained_head
 from mt.allocator import allocator_report, release_free_memory
 from mt.averaging import ExponentialMovingAverage
-from mt.checkpoint import RunCheckpoints, check_resumable, load_checkpoint, model_payload
+from mt.checkpoint import (
+    RunCheckpoints,
+    check_resumable,
+    load_checkpoint,
+    model_payload,
+    random_state,
+    restore_random_state,
+)
 from mt.config import OptimConfig, Optimizer, TrainConfig
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
@@ -50,6 +57,19 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1))))
     return optimizer, schedule
+
+
+def apply_gradients(model: torch.nn.Module, optimizer, schedule, scaler: torch.amp.GradScaler, clip: float):
+    """Clip the (unscaled) gradients to norm `clip` (0: no clipping), step, and clear them; the norm and the lr
+    the step used."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    lr = schedule.get_last_lr()[0]
+    schedule.step()
+    return grad_norm, lr
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -125,18 +145,13 @@ class Trainer:
     def _state(self) -> dict:
         """last.pt: what translating needs, and everything a resumed run needs to go on as if never stopped."""
         return {
-            **self._model_payload(),
+            **model_payload(self.model, self.tokenizer, self.alignment_head),
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg), enum_to_str=True),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "best_bleu": self.best_bleu, "stale_evals": self.stale_evals,
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "best_bleu": self.best_bleu, "stale_evals": self.stale_evals, **random_state(self.device),
         }
-
-    def _model_payload(self) -> dict:
-        return model_payload(self.model, self.tokenizer, self.alignment_head)
 
     def _save(self, best: tuple[str, Scores] | None = None, dev: Scores | None = None) -> None:
         """last.pt; after an evaluation (`dev`: the raw weights' scores) also step_N.pt, and best.pt when `best`
@@ -151,7 +166,8 @@ class Trainer:
                     model = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
             best_content = {**state, "model": model, "weights": weights, "dev": dataclasses.asdict(scores)}
         if dev is not None:
-            evaluated = {**self._model_payload(), "step": self.step, "dev": dataclasses.asdict(dev)}
+            evaluated = {**model_payload(self.model, self.tokenizer, self.alignment_head), "step": self.step,
+                         "dev": dataclasses.asdict(dev)}
         self.checkpoints.save(state, self.step, best_content, evaluated)
 
     def resume(self) -> None:
@@ -173,9 +189,7 @@ class Trainer:
             self.ema = ExponentialMovingAverage(self.model, self.cfg.trainer.ema_decay)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.stale_evals = state["best_bleu"], state["stale_evals"]
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_random_state(state)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     # ------------------------------------------------------------ steps
@@ -204,14 +218,8 @@ class Trainer:
                 # the gradient of (all ranks' loss) / (all ranks' tokens). Both are powers of two in tests: exact.
                 self.scaler.scale(loss / all_tokens * self.world.size).backward()
             total_loss, total_nll = total_loss + loss.detach(), total_nll + nll.detach()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.trainer.clip_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        lr = self.schedule.get_last_lr()[0]
-        self.schedule.step()
+        grad_norm, lr = apply_gradients(self.model, self.optimizer, self.schedule, self.scaler,
+                                        self.cfg.trainer.clip_norm)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)

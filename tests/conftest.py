@@ -3,16 +3,24 @@
 import gzip
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from filelock import FileLock
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each worker, and every command it launches, keeps to one thread, since
+    # processes that each spread over all the cores slow one another several times over.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +104,24 @@ def _train(cfg, run_dir: Path) -> None:
     run(cfg, run_dir)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build` fills, once per test session: under pytest-xdist the first worker to ask builds it
+    and the others wait for it and read it, since each model takes a worker tens of seconds to train."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    session = tmp_path_factory.getbasetemp().parent  # this session's folder, above each worker's own
+    folder, built = session / name, session / f"{name}.built"
+    with FileLock(str(session / f"{name}.lock")):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build on another worker left
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained(small_corpus, tmp_path_factory):
     """A tiny model trained briefly on 300 Multi30k pairs: its run directory."""
@@ -105,17 +131,18 @@ def trained(small_corpus, tmp_path_factory):
     from mt.model import ModelConfig
     from mt.tokenizer import TokenizerConfig
 
-    run_dir = tmp_path_factory.mktemp("run")
-    _train(TrainConfig(
-        data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], test={"t": small_corpus["test"]},
-                        cache_dir=f"{run_dir}/cache", batch_tokens=1500, tokenizer=TokenizerConfig(vocab_size=300)),
-        model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
-                          max_positions=64),
-        optim=OptimConfig(lr=3e-3, warmup_steps=20),
-        trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
-        align=AlignmentTrainingConfig(**shipped_links(small_corpus)),
-    ), run_dir)
-    return run_dir
+    def build(run_dir: Path) -> None:
+        _train(TrainConfig(
+            data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], test={"t": small_corpus["test"]},
+                            cache_dir=f"{run_dir}/cache", batch_tokens=1500, tokenizer=TokenizerConfig(vocab_size=300)),
+            model=ModelConfig(vocab_size=0, d_model=64, n_heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=128,
+                              max_positions=64),
+            optim=OptimConfig(lr=3e-3, warmup_steps=20),
+            trainer=TrainerConfig(max_steps=60, eval_every=60, progress=False, heatmap_sentences=0),
+            align=AlignmentTrainingConfig(**shipped_links(small_corpus)),
+        ), run_dir)
+
+    return built_once(tmp_path_factory, "run", build)
 
 
 COPY_WORDS = "Hund Katze Haus Baum Auto Ball Mann Frau Kind Wasser Stadt Berg Boot Hut".split()
@@ -153,6 +180,5 @@ def copy_config(folder: Path, max_steps: int, **trainer):
 @pytest.fixture(scope="session")
 def copy_model(tmp_path_factory):
     """A tiny model trained to copy sentences of distinct words: its run directory and 20 unseen sentences."""
-    run_dir = tmp_path_factory.mktemp("copy")
-    _train(copy_config(run_dir, 600), run_dir)
+    run_dir = built_once(tmp_path_factory, "copy", lambda folder: _train(copy_config(folder, 600), folder))
     return run_dir, copy_sentences(20, seed=1)

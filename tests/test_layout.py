@@ -1,6 +1,6 @@
 """The house rules a newcomer relies on, read from the folders: imports run one way (entry points -> mt/commands
 -> the library), no command imports another, nothing imports in a cycle, no file edits sys.path, no file in mt/
-outgrows one idea (400 lines), and the tools leave nothing behind in the folder they run in."""
+outgrows one idea (400 lines, 200 for a class), and the tools leave nothing behind in the folder they run in."""
 
 import ast
 import os
@@ -69,6 +69,14 @@ def test_no_file_in_the_package_is_over_400_lines():
     for path in PACKAGE.rglob("*.py"):
         lines = len(path.read_text().splitlines())
         assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines"
+
+
+def test_no_class_in_the_package_is_over_200_lines():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                lines = node.end_lineno - node.lineno + 1
+                assert lines <= 200, f"{path.relative_to(ROOT)}: class {node.name} has {lines} lines"
 
 
 def test_entry_points_call_one_command_and_nothing_edits_sys_path():
