@@ -93,3 +93,13 @@ def test_outputs_stop_at_the_length_bound():
     found = beam_search(model, src, beam_size=3, nbest=1, alpha=0.6, max_len_a=0.5, max_len_b=2)
     for hyps, length in zip(found, [9, 3, 6, 1, 7]):
         assert len(hyps[0].tokens) + 1 <= int(length * 0.5 + 2)
+
+
+def test_length_penalty_is_gnmts_formula_at_hand_computed_points():
+    # ((5 + length) / 6) ** alpha: 1 at length 1 for any alpha, so one-token outputs keep their log-probability as
+    # their score; a constant factor (say a 5 for the 6) ranks alike but changes every score n-best prints.
+    assert length_penalty(1, 1.0) == pytest.approx(1.0)
+    assert length_penalty(7, 0.5) == pytest.approx(2.0 ** 0.5)
+    assert length_penalty(13, 2.0) == pytest.approx(9.0)
+    assert length_penalty(9, 0.0) == 1.0
+    assert torch.allclose(length_penalty(torch.tensor([1.0, 7.0]), 1.0), torch.tensor([1.0, 2.0]))
