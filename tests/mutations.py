@@ -1,7 +1,7 @@
 """Does the suite still catch the bugs it was written to catch? Each mutation below breaks one line of mt/ in a
 copy of the checkout and runs the tests that should see it; a mutation the tests pass is reported as missed.
 
-    python tests/mutations.py [NAME ...]      (all of them without names; about 5 minutes on 2 cores)
+    python tests/mutations.py [NAME ...]      (all of them without names; docs/testing.md has the results)
 
 Exits 1 if any mutation is missed. Run it alone: it launches the same training runs the suite does.
 """
