@@ -2,9 +2,9 @@
 key, a value of the wrong type or a choice that does not exist is refused before anything runs.
 
 Each room declares its own settings (DataConfig in mt/data.py, ModelConfig in mt/model.py, SearchSettings in
-mt/translator.py, LinkSettings in mt/alignment/model_links.py, AlignmentTrainingConfig in mt/alignment/head.py);
-this module composes them, and every default has its one source in those dataclasses. mt/configs/*.yaml hold only
-what differs from them (a corpus, a model size).
+mt/translator.py, LinkSettings in mt/alignment/model_links.py, MergeSettings in mt/alignment/merged.py,
+AlignmentTrainingConfig in mt/alignment/head.py); this module composes them, and every default has its one source
+in those dataclasses. mt/configs/*.yaml hold only what differs from them (a corpus, a model size).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from mt.alignment.head import AlignmentTrainingConfig
+from mt.alignment.merged import MergeSettings
 from mt.alignment.model_links import LinkSettings
 from mt.data import DataConfig
 from mt.hardware import Device, Precision
@@ -100,7 +101,7 @@ class TranslateConfig(SearchSettings):
 
 
 @dataclass
-class AlignConfig(LinkSettings):
+class AlignConfig(LinkSettings, MergeSettings):
     checkpoint: str = "???"  # a source -> target model
     source: str = "???"
     target: str = "???"

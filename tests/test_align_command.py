@@ -153,18 +153,22 @@ def read_gold(half: str):
     return sources, targets, gold, lines
 
 
-@pytest.mark.parametrize("half", ["dev", "test"])
-def test_the_gold_standard_is_multi30k_dev_and_not_kind_to_the_diagonal(half):
+@pytest.mark.parametrize("half, split, pairs", [("dev", "val", 36), ("test", "val", 36),
+                                               ("heldout", "test_2017_flickr", 100)])
+def test_the_gold_standard_is_multi30k_and_not_kind_to_the_diagonal(half, split, pairs):
     sources, targets, gold, lines = read_gold(half)
-    assert len(sources) == len(targets) == len(gold) == len(lines) >= 32
-    with gzip.open(ROOT / "data" / "multi30k" / "val.de.gz", "rt", encoding="utf-8") as f:
-        val_de = f.read().splitlines()
+    assert len(sources) == len(targets) == len(gold) == len(lines) == len(set(lines)) == pairs
+    originals = {}
+    for lang in ("de", "en"):
+        with gzip.open(ROOT / "data" / "multi30k" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+            originals[lang] = f.read().splitlines()
     tokenize = Tokenizer13a()
     for source, target, (sure, possible), line in zip(sources, targets, gold, lines):
-        assert source == tokenize(val_de[line])  # traceable to its val line
+        # traceable to its Multi30k line
+        assert (source, target) == (tokenize(originals["de"][line]), tokenize(originals["en"][line]))
         assert sure <= possible and all(i < len(source.split()) and j < len(target.split()) for i, j in possible)
     diagonal = [diagonal_links(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
-    assert alignment_error_rate(gold, diagonal)["aer"] > 0.5  # reordering: word order alone scores badly
+    assert alignment_error_rate(gold, diagonal)["aer"] > 0.45  # reordering: word order alone scores badly
 
 
 @pytest.mark.parametrize("problem", ["direction", "counts", "folder"])

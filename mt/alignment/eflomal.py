@@ -57,12 +57,19 @@ def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "gro
     links of tokens or pieces are mapped back to the words. eflomal seeds its sampler from /dev/urandom, so two
     runs differ: with `runs` > 1 it runs that many times and keeps the links at least `votes` runs found.
     """
-    command = eflomal_command()
-    if command is None:
-        raise InputError(f"eflomal is not installed: {INSTALL}")
     if not 1 <= votes <= runs:
         raise InputError(f"eflomal: keeping links found by {votes} of {runs} runs is impossible (need 1 <= votes "
                          "<= runs)")
+    found = eflomal_link_counts(sources, targets, symmetrize, tokenizer, runs)
+    return [{link for link, count in pair.items() if count >= votes} for pair in found]
+
+
+def eflomal_link_counts(sources: list[str], targets: list[str], symmetrize: str = "grow-diag-final",
+                        tokenizer: Optional[Tokenizer] = None, runs: int = 1) -> list[Counter]:
+    """Per pair, each word link eflomal found (as eflomal_links finds them) and in how many of `runs` runs."""
+    command = eflomal_command()
+    if command is None:
+        raise InputError(f"eflomal is not installed: {INSTALL}")
     tokenize = Tokenizer13a()
     split_source = _PieceSplitter(tokenizer, target=False) if tokenizer is not None else None
     split_target = _PieceSplitter(tokenizer, target=True) if tokenizer is not None else None
@@ -78,7 +85,7 @@ def eflomal_links(sources: list[str], targets: list[str], symmetrize: str = "gro
         for pair, (_, src_words), (_, tgt_words), forward, reverse in zip(
                 found, split_sources, split_targets, *directions):
             pair.update({(src_words[i], tgt_words[j]) for i, j in combine(forward, reverse)})
-    return [{link for link, count in pair.items() if count >= votes} for pair in found]
+    return found
 
 
 class _PieceSplitter:

@@ -2,7 +2,8 @@
 target, teacher-forced), in one direction or both, symmetrized.
 
 scripts/align.py reads given pairs through this, and translate.py its own output, so aligning (input, output) with
-scripts/align.py gives translate.py's links exactly.
+scripts/align.py eflomal=off gives translate.py's links exactly (its default merges them with eflomal's:
+mt/alignment/merged.py).
 """
 
 from __future__ import annotations
@@ -134,20 +135,28 @@ class ForcedAligner:
     def links_of(self, item: Optional[PairAttention]) -> set[Link]:
         if item is None:
             return set()
-        s = self.settings
+        matrix, on_end = self.weights(item)
+        found = hard_links(matrix) if self.settings.rule == Rule.argmax else threshold_links(matrix,
+                                                                                            self.settings.threshold)
+        if on_end is not None:
+            found = [(i, j) for i, j in found if on_end[j] <= 0.5]
+        return set(found)
+
+    def weights(self, item: PairAttention) -> tuple[Tensor, Optional[Tensor]]:
+        """The links' attention as (target units, source units) in float64, each row summing to 1 (units: words
+        or pieces, as settings.words says) and, where the source has a null (a trained head's), each target
+        unit's weight on the source's end."""
         steps = item.matrix[1:] if self.source.shift else item.matrix[:-1]  # one row per target piece
-        if s.words == Words.whitespace:
+        whitespace = self.settings.words == Words.whitespace
+        if whitespace:
             matrix = merge_to_words(steps, item.src_pieces, item.tgt_pieces)
             matrix = final_punctuation(matrix, item.src_pieces, item.tgt_pieces)
         else:
             matrix = renormalized(steps[:, :len(item.src_pieces)])
-        found = hard_links(matrix) if s.rule == Rule.argmax else threshold_links(matrix, s.threshold)
-        if self.source.null:
-            on_end = steps[:, len(item.src_pieces)].double()  # per target piece: its weight on the source's end
-            if s.words == Words.whitespace:
-                on_end = mean_per_word(on_end, item.tgt_pieces)
-            found = [(i, j) for i, j in found if on_end[j] <= 0.5]
-        return set(found)
+        if not self.source.null:
+            return matrix, None
+        on_end = steps[:, len(item.src_pieces)].double()  # per target piece: its weight on the source's end
+        return matrix, mean_per_word(on_end, item.tgt_pieces) if whitespace else on_end
 
 
 def _is_punctuation(word: str) -> bool:
