@@ -15,6 +15,7 @@ from test_alignment_head import needs_eflomal
 from mt.alignment.links import threshold_links
 from mt.alignment.merged import EflomalUse, MergeSettings, eflomal_corpus, merged_links
 from mt.files import InputError
+from mt.translator import load_model
 
 GOLD = ROOT / "tests" / "data" / "alignment"
 
@@ -78,12 +79,14 @@ def gold_pairs(tmp_path):
 
 
 @needs_eflomal
-def test_align_py_merges_with_eflomal_on_the_training_data_by_default(trained, gold_pairs, small_corpus):
+def test_align_py_merges_with_eflomal_on_the_training_data_by_default(trained, gold_pairs):
     files, pairs = gold_pairs
     checkpoint = f"checkpoint={trained}/checkpoints/best.pt"
     done = align(checkpoint, *files, "eflomal_runs=1")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (f"aligning the {len(pairs)} given pairs with {small_corpus['train']} (300 pairs), 1 run(s) on words and 1 "
+    # the corpus the checkpoint was trained on (under pytest-xdist, another worker's copy of the small corpus)
+    corpus = load_model(f"{trained}/checkpoints/best.pt", torch.device("cpu")).about["config"]["data"]["train"]
+    assert (f"aligning the {len(pairs)} given pairs with {corpus} (300 pairs), 1 run(s) on words and 1 "
             "on pieces") in done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(pairs) and all(lines)
