@@ -27,7 +27,7 @@ from mt.alignment.eflomal import INSTALL, eflomal_command, eflomal_link_counts
 from mt.alignment.gold import read_corpus
 from mt.alignment.links import Link
 from mt.alignment.model_links import Direction, ForcedAligner, LinkSettings, Words
-from mt.data import language_file
+from mt.data import DataConfig, language_file
 from mt.files import InputError
 from mt.schema import bounded
 from mt.tokenizer import Tokenizer
@@ -98,8 +98,12 @@ def eflomal_corpus(settings: MergeSettings, about: dict, why_not: Optional[str],
     if settings.eflomal == EflomalUse.auto and (why_not is not None or not from_trained_head):
         return None  # links asked for in another way than the default's are read as asked
     data = (about.get("config") or {}).get("data") or {}
-    languages = [data.get("src_lang", "de"), data.get("tgt_lang", "en")]
+    languages = [data.get("src_lang", DataConfig.src_lang), data.get("tgt_lang", DataConfig.tgt_lang)]
     reason, prefix = why_not, settings.eflomal_corpus
+    if reason is None and prefix is not None:
+        for lang in languages:
+            if not Path(language_file(prefix, lang)).is_file():
+                raise InputError(f"eflomal_corpus: {language_file(prefix, lang)} does not exist")
     if reason is None and eflomal_command() is None:
         reason = f"eflomal is not installed: {INSTALL}"
     if reason is None and prefix is None:
@@ -110,9 +114,6 @@ def eflomal_corpus(settings: MergeSettings, about: dict, why_not: Optional[str],
             reason = (f"the checkpoint's training data {prefix}.{{{','.join(languages)}}} is not here (give "
                       "eflomal_corpus=PREFIX)")
     if reason is None:
-        for lang in languages:
-            if settings.eflomal_corpus is not None and not Path(language_file(prefix, lang)).is_file():
-                raise InputError(f"eflomal_corpus: {language_file(prefix, lang)} does not exist")
         return prefix, languages
     if settings.eflomal == EflomalUse.merge:
         raise InputError(f"eflomal=merge: {reason}")
