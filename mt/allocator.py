@@ -1,4 +1,4 @@
-"""The process's malloc, and the one training runs under.
+"""The process's malloc, the one training runs under, and the cap on oneDNN's kernel cache.
 
 glibc's malloc keeps what batches of ever-changing shapes free, in pieces it cannot reuse: a training run's memory
 grows by gigabytes and its steps slow down (docs/memory.md has the measurements). The project installs mimalloc
@@ -21,6 +21,11 @@ from typing import Optional
 # on every step. Never purging, and serving objects up to 1 GiB from its arenas, it reuses what it keeps: memory
 # stays flat and training runs at tcmalloc's speed.
 MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ARENA_MAX_OBJECT_SIZE": "1GiB"}
+# oneDNN keeps the compiled kernel of every shape it has seen, up to 1,024; batches come in hundreds of shapes, and
+# on the bf16 path those kernels held ~0.4-0.5 GiB of a run's peak. A smaller cache frees most of it for a few percent
+# of speed (docs/memory.md). A user's own value is kept.
+KERNEL_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+KERNEL_CACHE_CAPACITY = 256
 # "system" keeps the allocator the process was started with; train.py sets "preloaded" when it restarts itself.
 SWITCH = "MT_ALLOCATOR"
 
@@ -76,6 +81,19 @@ def why_not_mimalloc() -> Optional[str]:
     if bundled_mimalloc() is None:
         return "the cmeel-mimalloc wheel is not installed for this platform (pip install cmeel-mimalloc)"
     return None
+
+
+def cap_kernel_cache() -> None:
+    """Cap oneDNN's kernel cache for this process and the ones it starts, unless the environment sets it already;
+    it must run before the first oneDNN call, which reads the variable once."""
+    os.environ.setdefault(KERNEL_CACHE_VARIABLE, str(KERNEL_CACHE_CAPACITY))
+
+
+def kernel_cache_report() -> str:
+    """One line for the log: the cap oneDNN's kernel cache runs under."""
+    value = os.environ.get(KERNEL_CACHE_VARIABLE)
+    return (f"oneDNN kernel cache: {value} kernels ({KERNEL_CACHE_VARIABLE})" if value is not None
+            else "oneDNN kernel cache: oneDNN's default (1,024 kernels)")
 
 
 def restart_under_mimalloc() -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mt import data as corpus_data
 from mt import distributed
 from mt.alignment.head import trained_head
-from mt.allocator import allocator_report, release_free_memory
+from mt.allocator import allocator_report, kernel_cache_report, release_free_memory
 from mt.averaging import ExponentialMovingAverage
 from mt.checkpoint import (
     RunCheckpoints,
@@ -139,6 +139,7 @@ class Trainer:
                  f", {self.world.size} processes" if self.world.active else "", peak_memory_mb())
         if self.device.type == "cpu":
             log.info(allocator_report())
+            log.info(kernel_cache_report())
 
     # ------------------------------------------------------------ checkpoints
 

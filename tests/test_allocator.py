@@ -1,4 +1,5 @@
-"""Which malloc serves a process, and train.py running under the one the project installs (mimalloc)."""
+"""Which malloc serves a process, train.py running under the one the project installs (mimalloc), and the cap on
+oneDNN's kernel cache it runs under."""
 
 import glob
 import os
@@ -8,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, TINY, corpus_overrides, train_cli
 
-from mt.allocator import bundled_mimalloc
+from mt.allocator import KERNEL_CACHE_CAPACITY, KERNEL_CACHE_VARIABLE, bundled_mimalloc
 
 pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
 
@@ -50,7 +51,8 @@ def log_of_a_short_run(small_corpus, tmp_path, **environment) -> str:
     run_dir = tmp_path / "run"
     done = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=2", "trainer.eval_every=2",
                      "trainer.heatmap_sentences=0", f"hydra.run.dir={run_dir}",
-                     env={**os.environ, "OMP_NUM_THREADS": "1", **environment})
+                     env={**{key: value for key, value in os.environ.items() if key != KERNEL_CACHE_VARIABLE},
+                          "OMP_NUM_THREADS": "1", **environment})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "results.json").is_file()
     return (run_dir / "train.log").read_text()
@@ -61,6 +63,14 @@ def test_train_py_restarts_itself_under_mimalloc(small_corpus, tmp_path):
     log = log_of_a_short_run(small_corpus, tmp_path)
     lines = [line for line in log.splitlines() if "memory allocator:" in line]
     assert len(lines) == 1 and lines[0].endswith("memory allocator: mimalloc"), lines
+    # the process that trains runs under the cap (set before its first oneDNN call)
+    assert f"oneDNN kernel cache: {KERNEL_CACHE_CAPACITY} kernels ({KERNEL_CACHE_VARIABLE})" in log
+
+
+def test_a_users_own_kernel_cache_capacity_is_kept(small_corpus, tmp_path):
+    log = log_of_a_short_run(small_corpus, tmp_path, **{KERNEL_CACHE_VARIABLE: "16"})
+    lines = [line for line in log.splitlines() if "oneDNN kernel cache:" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"oneDNN kernel cache: 16 kernels ({KERNEL_CACHE_VARIABLE})"), lines
 
 
 def test_where_mimalloc_cannot_serve_training_runs_and_says_what_it_costs(small_corpus, tmp_path):

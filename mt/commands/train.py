@@ -12,7 +12,7 @@ import hydra
 from omegaconf import OmegaConf
 
 from mt import cli, config, distributed
-from mt.allocator import restart_under_mimalloc
+from mt.allocator import cap_kernel_cache, restart_under_mimalloc
 from mt.config import TrainConfig
 from mt.files import exclusive, point_link, write_text
 from mt.trainer import Trainer
@@ -68,5 +68,6 @@ def _train(cfg) -> None:
 
 
 def main() -> None:
+    cap_kernel_cache()  # before torch's first oneDNN call, and carried into the restart below
     restart_under_mimalloc()  # the process starts again under mimalloc where it can (mt/allocator.py)
     _train()
