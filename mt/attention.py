@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mt.dropout import dropout as apply_dropout
+
 
 @dataclass
 class KVCache:
@@ -151,5 +153,5 @@ def _attention_with_weights(
     weights = scores.softmax(dim=-1)
     if mask is not None:
         weights = weights.masked_fill(mask, 0.0)
-    out = F.dropout(weights, dropout) @ v if dropout else weights @ v
+    out = apply_dropout(weights, dropout) @ v if dropout else weights @ v
     return out, weights

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.attention import KVCache, MultiHeadAttention
+from mt.dropout import Dropout, dropout
 from mt.schema import bounded
 from mt.tokenizer import SpecialIds
 
@@ -80,7 +80,7 @@ class FeedForward(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         inner = self[1](self[0](x))
         if self.activation_dropout and self.training:
-            inner = F.dropout(inner, self.activation_dropout, training=True)
+            inner = dropout(inner, self.activation_dropout)
         return self[2](inner)
 
 
@@ -90,7 +90,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer) -> Tensor:
@@ -199,7 +199,7 @@ class Transformer(nn.Module):
         self.tgt_embed = self.src_embed if cfg.tie_embeddings else nn.Embedding(
             cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.positions = SinusoidalPositions(cfg.d_model, cfg.max_positions)
-        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.embed_dropout = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # Pre-norm leaves the residual stream unnormalized, so each stack ends with a norm.

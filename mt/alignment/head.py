@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -103,25 +104,25 @@ def gold_distributions(src_ids: list[list[int]], tgt_ids: list[list[int]], links
     (the step where piece t is the decoder's input: shift-att), evenly spread over the pieces of the source words
     linked to its word. A piece whose word has no link gets the source's EOS with `null`, else a row of zeros (no
     loss), as do BOS's row, padding, and pairs without any link."""
-    gold = torch.zeros(len(links), tgt_len, src_len)
+    gold = np.zeros((len(links), tgt_len, src_len), dtype=np.float32)
     for row, (src, tgt, line) in enumerate(zip(src_ids, tgt_ids, links)):
         pairs = read_pharaoh(line)[1]
         if not pairs or not src or not tgt:
             continue
-        src_words = torch.tensor(word_index(tokenizer.pieces(src)))
-        tgt_words = torch.tensor(word_index(tokenizer.pieces(tgt)))
-        n_src, n_tgt = int(src_words.max()) + 1, int(tgt_words.max()) + 1
-        linked = torch.zeros(n_tgt, n_src)
-        for i, j in pairs:
-            if i < n_src and j < n_tgt:  # a pair cut to the model's positions loses its last words
-                linked[j, i] = 1.0
-        counts = linked[tgt_words.clamp_min(0)][:, src_words.clamp_min(0)]  # (target pieces, source pieces)
+        src_words = np.array(word_index(tokenizer.pieces(src)))
+        tgt_words = np.array(word_index(tokenizer.pieces(tgt)))
+        n_src, n_tgt = max(src_words.max() + 1, 1), max(tgt_words.max() + 1, 1)
+        i, j = np.array(list(pairs)).T
+        inside = (i < n_src) & (j < n_tgt)  # a pair cut to the model's positions loses its last words
+        linked = np.zeros((n_tgt, n_src), dtype=np.float32)
+        linked[j[inside], i[inside]] = 1.0
+        counts = linked[np.ix_(tgt_words.clip(0), src_words.clip(0))]  # (target pieces, source pieces)
         counts[tgt_words < 0] = 0.0
         counts[:, src_words < 0] = 0.0
-        rows = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+        rows = counts / counts.sum(axis=1, keepdims=True).clip(1.0)
         t, s = min(len(tgt), tgt_len - 1), min(len(src), src_len - 1)
         gold[row, 1:t + 1, :s] = rows[:t, :s]
         if null:
-            unlinked = (rows[:t].sum(dim=1) == 0).nonzero().squeeze(1)
+            unlinked = np.flatnonzero(rows[:t].sum(axis=1) == 0)
             gold[row, unlinked + 1, s] = 1.0  # the source's EOS, right after its pieces
-    return gold
+    return torch.from_numpy(gold)
