@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mt.loss import label_smoothed_cross_entropy
+from mt.loss import ROWS_PER_BLOCK, label_smoothed_cross_entropy
 
 PAD = 0
 
@@ -44,3 +44,26 @@ def test_bfloat16_logits_give_a_float32_loss_close_to_exact():
     expected = F.cross_entropy(logits.bfloat16().float(), target, label_smoothing=0.1, reduction="sum")
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_many_blocks_of_rows_and_a_scaled_loss_match_torch_in_float64(dtype):
+    """More rows than one block holds (ROWS_PER_BLOCK), the last block partial, and the loss scaled as training
+    scales it (divided by the batch's tokens) before backward."""
+    g = torch.Generator().manual_seed(7)
+    rows, vocab = 2 * ROWS_PER_BLOCK + 37, 13
+    exact = torch.randn(rows, vocab, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(1, vocab, (rows,), generator=g)
+    target[::5] = PAD
+    logits = exact.to(dtype).requires_grad_()
+    loss, nll = label_smoothed_cross_entropy(logits, target, 0.1, PAD)
+    (loss / 3719).backward()
+
+    reference = exact.to(dtype).double().requires_grad_()  # the same inputs, rounded alike
+    expected = F.cross_entropy(reference, target, ignore_index=PAD, label_smoothing=0.1, reduction="sum")
+    (expected / 3719).backward()
+    tolerance = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-3}
+    torch.testing.assert_close(loss.double(), expected.detach(), **tolerance)
+    assert logits.grad.dtype == dtype
+    grad_tolerance = {} if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-6}
+    torch.testing.assert_close(logits.grad.double(), reference.grad, **grad_tolerance)
