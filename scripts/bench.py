@@ -44,6 +44,7 @@ from torch import nn
 
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.data import Batch, TokenBatches, decoding_batches, make_batch
+from mt.dropout import Dropout
 from mt.evaluate import score
 from mt.hardware import autocast_for, select_device, select_precision
 from mt.loss import label_smoothed_cross_entropy
@@ -166,10 +167,16 @@ class TorchReference(nn.Module):
 class Trainer:
     """One contestant of the training race: its own model (same seed for all) and Adam."""
 
-    def __init__(self, name: str, cfg: ModelConfig, batches: list[Batch], device: torch.device, precision: str):
+    def __init__(self, name: str, cfg: ModelConfig, batches: list[Batch], device: torch.device, precision: str,
+                 torch_dropout: bool = False):
         torch.manual_seed(1)
         self.name, self.ours = name, not name.startswith("torch")
         self.model = (Transformer(cfg) if self.ours else TorchReference(cfg)).to(device).train()
+        if torch_dropout:  # the previous round's step: torch's dropout in place of mt/dropout.py's
+            for module in list(self.model.modules()):
+                for child_name, child in module.named_children():
+                    if isinstance(child, Dropout):
+                        setattr(module, child_name, nn.Dropout(child.p))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, betas=(0.9, 0.98), eps=1e-9)
         self.batches = [b.to(device) for b in batches]
         self.autocast = autocast_for(precision, device)
@@ -253,7 +260,8 @@ def be_contestant(args) -> None:
     if kind == "train":
         tokenizer = bench_tokenizer(args)
         cfg = model_config(args, tokenizer)
-        contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"])
+        contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"],
+                             spec["torch_dropout"])
     else:
         tokenizer = load_model(spec["checkpoint"], torch.device("cpu")).tokenizer
         contestant = Decoder(name, spec["checkpoint"], test_batches(args, tokenizer)[0], device,
@@ -318,8 +326,10 @@ def main() -> None:
               "and skew the measurements")
     laps.append(("set-up", time.perf_counter()))
 
-    names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32")
-    trained = run_race({f"train:{name}": dict(precision=name.split()[-1]) for name in names}, args.reps, workdir)
+    names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32") + [f"ours {low} torch dropout"]
+    trained = run_race({f"train:{name}": dict(precision=name.split()[1] if name.startswith("ours") else "fp32",
+                                              torch_dropout=name.endswith("torch dropout")) for name in names},
+                       args.reps, workdir)
     train_rate = {name: tokens / s for name, s in trained.seconds.items()}
     laps.append(("training", time.perf_counter()))
 
@@ -393,6 +403,8 @@ def main() -> None:
         "memory_measure": memory_label,
         "train_speedup_vs_torch_reference": ratio(train_rate["ours fp32"], train_rate["torch reference fp32"]),
         "bf16_speedup": ratio(train_rate.get("ours bf16"), train_rate["ours fp32"]),
+        # against the previous round's step, which drew dropout masks with torch's bernoulli_
+        "train_speedup_vs_torch_dropout": ratio(train_rate[f"ours {low}"], train_rate[f"ours {low} torch dropout"]),
         "decode_cache_speedup": ratio(decode_rate[f"ours cache {low}"], no_cache),
         "decode_vs_ctranslate2": ratio(decode_rate[f"ours cache {low}"], ct2),
         "decode_fp32_vs_ctranslate2": ratio(decode_rate["ours cache fp32"], ct2),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY, corpus_overrides
 
 pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
 
@@ -26,11 +26,14 @@ def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
     assert figures["threads"] == 1 and figures["reps"] == 1
     train, decode = figures["train_target_tokens_per_s"], figures["decode_sentences_per_s"]
     low = figures["precision_auto"]
-    assert set(train) == {"ours fp32", "torch reference fp32"} | ({f"ours {low}"} if low != "fp32" else set())
+    assert set(train) == {"ours fp32", "torch reference fp32", f"ours {low} torch dropout"} | (
+        {f"ours {low}"} if low != "fp32" else set())
     # Each ratio is the quotient of the speeds printed beside it (no speed is asserted: timing is not a test).
     quotient = pytest.approx  # the speeds are printed rounded
     assert figures["train_speedup_vs_torch_reference"] == quotient(train["ours fp32"] / train["torch reference fp32"],
                                                                    rel=2e-3)
+    assert figures["train_speedup_vs_torch_dropout"] == quotient(
+        train[f"ours {low}"] / train[f"ours {low} torch dropout"], rel=2e-3)
     assert figures["decode_cache_speedup"] == quotient(decode[f"ours cache {low}"] / decode[f"ours no cache {low}"],
                                                        rel=2e-3)
     # The cache changes the speed, never the output.
@@ -46,3 +49,18 @@ def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
         f"decode:{n}" for n in decoders}
     assert len(set(figures["peak_memory_mib"].values())) > 1
     assert not list(tmp_path.glob("bench-*")), "the bench left its working folder behind"
+
+
+def test_step_time_reports_the_real_trainers_speed_and_where_its_time_goes(small_corpus, tmp_path):
+    overrides = [*TINY, *corpus_overrides(small_corpus, tmp_path)]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "step_time.py"), "--steps", "3", "--warmup", "1", "--profile-steps",
+         "2", *overrides], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["threads"] == 1 and figures["steps"] == 3 and figures["overrides"] == overrides
+    assert figures["allocator"] == "mimalloc" and figures["kernel_cache"] == "256"  # as train.py runs
+    assert figures["target_tokens_per_s"] > figures["steps_per_s"] > 0 and figures["dev_decode_s"] > 0
+    shares = figures["profiled_share_percent"]
+    assert sum(shares.values()) == pytest.approx(100, abs=0.5) and shares["matrix products"] > 0
+    assert figures["ms_per_step"] == pytest.approx(1000 / figures["steps_per_s"], rel=1e-2)
