@@ -62,6 +62,10 @@ MUTATIONS = [
              "            writer.close()",
              ("tests/test_crash_safety.py::test_ctrl_c_or_sigterm_saves_last_pt_and_a_run_resumed_after_ctrl_c_"
               "ends_where_an_uninterrupted_one_does",)),
+    Mutation("dropout-words-of-63-random-bits", "mt/dropout.py", ".random_(-(1 << 63), None)", ".random_()",
+             ("tests/test_dropout.py",)),
+    Mutation("loss-gradient-on-padding", "mt/loss.py", "grad[rows] = block.mul_(keep)", "grad[rows] = block",
+             ("tests/test_loss.py",)),
 ]
 
 
