@@ -51,10 +51,10 @@ def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
     assert not list(tmp_path.glob("bench-*")), "the bench left its working folder behind"
 
 
-def test_step_time_reports_the_real_trainers_speed_and_where_its_time_goes(small_corpus, tmp_path):
+def test_bench_step_reports_the_real_trainers_speed_and_where_its_time_goes(small_corpus, tmp_path):
     overrides = [*TINY, *corpus_overrides(small_corpus, tmp_path)]
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "step_time.py"), "--steps", "3", "--warmup", "1", "--profile-steps",
+        [sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--steps", "3", "--warmup", "1", "--profile-steps",
          "2", *overrides], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """Where a training step's time goes: the real Trainer of `python train.py OVERRIDES` (same config, data, model,
 precision and allocator), timed step by step, then broken down by operator with torch.profiler.
 
-    python scripts/step_time.py [--steps 100] [--warmup 30] [--profile-steps 20] [OVERRIDE ...]
+    python scripts/bench_step.py [--steps 100] [--warmup 30] [--profile-steps 20] [OVERRIDE ...]
 
 Reports training steps/s and target tokens/s over --steps optimizer steps (Trainer.train_step, batches made as
 training makes them), the milliseconds a batch takes to make (reading, sampling, padding, the head's gold links),
@@ -65,7 +65,7 @@ def main() -> None:
     config.register()
     with initialize_config_dir(config_dir=str(ROOT / "mt" / "configs"), version_base="1.3"):
         cfg = cli.typed(compose("train", overrides=[*args.overrides, "trainer.progress=false"]))
-    with tempfile.TemporaryDirectory(prefix="step-time-") as run_dir:
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as run_dir:
         trainer = Trainer(cfg, Path(run_dir))
         batches = trainer.data.stream(trainer)
         trainer.model.train()
