@@ -23,12 +23,12 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int):
         vocab = logits.size(-1)
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        loss, nll_sum = torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype)
+        loss = _at_least_float32(logits.new_zeros(()))  # on the logits' device: a CPU sum would not take CUDA blocks
+        nll_sum = loss.clone()
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         for start in range(0, logits.size(0), ROWS_PER_BLOCK):
             rows = slice(start, start + ROWS_PER_BLOCK)
-            log_probs = torch.log_softmax(logits[rows].to(dtype), dim=-1)
+            log_probs = torch.log_softmax(_at_least_float32(logits[rows]), dim=-1)
             target_rows = target[rows, None]
             keep = target_rows.ne(pad_id)
             nll = -log_probs.gather(-1, target_rows)
