@@ -226,6 +226,12 @@ class Batch:
         alignment = self.alignment.to(device) if self.alignment is not None else None
         return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), alignment, self.pad_id)
 
+    def twice(self) -> Batch:
+        """The batch stacked on itself (2B rows), for two dropout passes in one forward."""
+        alignment = self.alignment.repeat(2, 1, 1) if self.alignment is not None else None
+        return Batch(self.src.repeat(2, 1), self.tgt_in.repeat(2, 1), self.tgt_out.repeat(2, 1), alignment,
+                     self.pad_id)
+
 
 def pad_rows(rows: list[list[int]], prefix: list[int], suffix: list[int], max_len: int | None = None,
              pad_id: int = PAD_ID) -> torch.Tensor:

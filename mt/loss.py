@@ -1,10 +1,10 @@
-"""Label-smoothed cross-entropy with a hand-written gradient, computed beside the loss.
+"""Label-smoothed cross-entropy with a hand-written gradient, computed beside the loss; and R-Drop's variant.
 
 The gradient with respect to the logits is softmax(x) - (1 - eps) * onehot(target) - eps / V. The forward pass
 computes it, a block of rows at a time while those rows are in cache, and keeps it in the logits' precision for
 the backward pass, which only scales it: one pass over the (tokens x vocabulary) matrix instead of the ten that
 autograd through log_softmax, gather and mean made, and no float32 copy of the matrix kept between the passes.
-Checked against torch's own loss in float64 in the tests.
+Checked against torch's own loss (and R-Drop's against autograd) in float64 in the tests.
 """
 
 from __future__ import annotations
@@ -19,26 +19,40 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+class _SmoothedBlock:
+    """One block of rows: their log-probabilities, smoothed loss, NLL and loss gradient (pad rows add nothing)."""
+
+    def __init__(self, logits: Tensor, target: Tensor, epsilon: float, pad_id: int, with_grad: bool):
+        vocab = logits.size(-1)
+        self.log_probs = torch.log_softmax(_at_least_float32(logits), dim=-1)
+        target = target[:, None]
+        self.keep = target.ne(pad_id)
+        nll = -self.log_probs.gather(-1, target)
+        uniform = -self.log_probs.mean(dim=-1, keepdim=True)  # cross-entropy against the uniform distribution
+        self.loss = ((1.0 - epsilon) * nll + epsilon * uniform).masked_fill(~self.keep, 0.0).sum()
+        self.nll = nll.masked_fill(~self.keep, 0.0).sum()
+        self.grad = None
+        if with_grad:
+            self.grad = self.log_probs.exp().sub_(epsilon / vocab)
+            self.grad.scatter_add_(-1, target, torch.full_like(nll, epsilon - 1.0))
+
+
+def _zero_sum(logits: Tensor) -> Tensor:
+    return _at_least_float32(logits.new_zeros(()))  # on the logits' device: a CPU sum would not take CUDA blocks
+
+
 class _LabelSmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int):
-        vocab = logits.size(-1)
-        loss = _at_least_float32(logits.new_zeros(()))  # on the logits' device: a CPU sum would not take CUDA blocks
-        nll_sum = loss.clone()
+        loss, nll_sum = _zero_sum(logits), _zero_sum(logits)
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         for start in range(0, logits.size(0), ROWS_PER_BLOCK):
             rows = slice(start, start + ROWS_PER_BLOCK)
-            log_probs = torch.log_softmax(_at_least_float32(logits[rows]), dim=-1)
-            target_rows = target[rows, None]
-            keep = target_rows.ne(pad_id)
-            nll = -log_probs.gather(-1, target_rows)
-            uniform = -log_probs.mean(dim=-1, keepdim=True)  # cross-entropy against the uniform distribution
-            loss += ((1.0 - epsilon) * nll + epsilon * uniform).masked_fill(~keep, 0.0).sum()
-            nll_sum += nll.masked_fill(~keep, 0.0).sum()
+            block = _SmoothedBlock(logits[rows], target[rows], epsilon, pad_id, grad is not None)
+            loss += block.loss
+            nll_sum += block.nll
             if grad is not None:
-                block = log_probs.exp_().sub_(epsilon / vocab)
-                block.scatter_add_(-1, target_rows, torch.full_like(nll, epsilon - 1.0))
-                grad[rows] = block.mul_(keep)
+                grad[rows] = block.grad.mul_(block.keep)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
@@ -49,10 +63,68 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         return grad * grad_loss, None, None, None  # a 0-dim float32 factor: the product keeps grad's dtype
 
 
+class _RDropCrossEntropy(torch.autograd.Function):
+    """Rows [0, n) and [n, 2n) are two dropout passes over the same targets. The loss is both passes' smoothed
+    cross-entropy plus `weight` times their symmetric KL divergence, (KL(p||q) + KL(q||p)) / 2 per target; with
+    d = log p - log q, that KL's gradient is (p * (d - E_p[d]) + p - q) / 2 for p's logits, and the same with
+    p and q swapped (d negated) for q's."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int, weight: float):
+        half = logits.size(0) // 2
+        loss, nll_sum, kl_sum = _zero_sum(logits), _zero_sum(logits), _zero_sum(logits)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        for start in range(0, half, ROWS_PER_BLOCK):
+            first = slice(start, min(start + ROWS_PER_BLOCK, half))
+            second = slice(first.start + half, first.stop + half)
+            p = _SmoothedBlock(logits[first], target[first], epsilon, pad_id, grad is not None)
+            q = _SmoothedBlock(logits[second], target[second], epsilon, pad_id, grad is not None)
+            p_probs, q_probs = p.log_probs.exp(), q.log_probs.exp()
+            difference = p.log_probs - q.log_probs
+            kl_sum += (0.5 * ((p_probs - q_probs) * difference).sum(-1, keepdim=True)).masked_fill(~p.keep, 0.0).sum()
+            loss += p.loss + q.loss
+            nll_sum += p.nll + q.nll
+            if grad is not None:
+                p_mean = (p_probs * difference).sum(-1, keepdim=True)
+                q_mean = (q_probs * difference).sum(-1, keepdim=True)
+                scale = 0.5 * weight
+                grad[first] = p.grad.add_(scale * (p_probs * (difference - p_mean) + p_probs - q_probs)).mul_(p.keep)
+                grad[second] = q.grad.add_(scale * (q_probs * (q_mean - difference) + q_probs - p_probs)).mul_(q.keep)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(nll_sum, kl_sum)
+        return loss + weight * kl_sum, nll_sum, kl_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor, _grad_kl: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None
+
+
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor]:
     """logits (..., V), target (...). Returns the smoothed loss and the plain NLL (no gradient), both summed over
     non-pad targets. Equals torch's cross_entropy(label_smoothing=epsilon, reduction='sum', ignore_index=pad_id)."""
     return _LabelSmoothedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), epsilon, pad_id)
+
+
+def rdrop_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int,
+                        weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """R-Drop (Liang et al. 2021). logits (2B, T, V): the first B rows and the last B are two passes over the same
+    batch, whose targets (2B, T) are the same twice. Returns both passes' smoothed loss plus `weight` times their
+    symmetric KL, the NLL of both passes and the KL (no gradient to either), all summed over non-pad targets."""
+    if logits.size(0) % 2:
+        raise ValueError(f"R-Drop needs an even number of rows (two passes), got {logits.size(0)}")
+    # Flattened batch-major, the first B * T rows are the first pass.
+    return _RDropCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), epsilon, pad_id, weight)
+
+
+def translation_loss(logits: Tensor, target: Tensor, epsilon: float, pad_id: int,
+                     rdrop_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Training's loss: R-Drop's when `rdrop_weight` > 0 (logits and targets hold the batch twice), else the
+    smoothed cross-entropy alone. Returns the loss, the NLL and R-Drop's KL (0 without it), summed."""
+    if rdrop_weight > 0:
+        return rdrop_cross_entropy(logits, target, epsilon, pad_id, rdrop_weight)
+    loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, pad_id)
+    return loss, nll, torch.zeros_like(nll)
 
 
 def alignment_loss(attention: Tensor, gold: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
 from mt.huggingface import Imported, from_transformers
 from mt.interrupt import Interrupted, StopRequests
-from mt.loss import alignment_loss, label_smoothed_cross_entropy
+from mt.loss import alignment_loss, translation_loss
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer
 from mt.training_data import TrainingData
@@ -196,21 +196,22 @@ class Trainer:
     # ------------------------------------------------------------ steps
 
     def train_step(self, batches: list[corpus_data.Batch]) -> dict:
-        """One optimizer step over `batches` (on every rank): the loss is normalized by all their target tokens
-        together, so N processes equal one process accumulating N times as many batches."""
-        tokens = sum(b.target_tokens for b in batches)
-        all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0]
-        total_loss = total_nll = total_alignment = 0.0
+        """One optimizer step over `batches` (on every rank), its loss normalized by all their target tokens (R-Drop:
+        both passes'), so N processes equal one process accumulating N times as many batches. Sums are per pass."""
+        t = self.cfg.trainer
+        passes, tokens = (2 if t.rdrop_weight > 0 else 1), sum(b.target_tokens for b in batches)
+        all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0] * passes
+        total_loss = total_nll = total_alignment = total_kl = 0.0
         for i, batch in enumerate(batches):
-            batch = batch.to(self.device)
+            batch = batch.to(self.device) if passes == 1 else batch.to(self.device).twice()
             # Gradients are exchanged once, with the last batch's backward.
             last = i == len(batches) - 1
             with contextlib.nullcontext() if last or not self.world.active else self.replicas.no_sync():
                 head = self.alignment_head if batch.alignment is not None else None
                 with self.autocast():
                     out = self.replicas(batch.src, batch.tgt_in, **(head.pass_arguments() if head else {}))
-                loss, nll = label_smoothed_cross_entropy(out.logits, batch.tgt_out, self.cfg.trainer.label_smoothing,
-                                                         self.model_cfg.pad_id)
+                loss, nll, kl = translation_loss(out.logits, batch.tgt_out, t.label_smoothing, self.model_cfg.pad_id,
+                                                 t.rdrop_weight)
                 if head is not None:
                     aligned = alignment_loss(head.weights(out), batch.alignment)
                     loss = loss + self.cfg.align.weight * aligned
@@ -218,14 +219,14 @@ class Trainer:
                 # DDP divides the summed gradients by the world size; multiplying by it here keeps the step
                 # the gradient of (all ranks' loss) / (all ranks' tokens). Both are powers of two in tests: exact.
                 self.scaler.scale(loss / all_tokens * self.world.size).backward()
-            total_loss, total_nll = total_loss + loss.detach(), total_nll + nll.detach()
-        grad_norm, lr = apply_gradients(self.model, self.optimizer, self.schedule, self.scaler,
-                                        self.cfg.trainer.clip_norm)
+            total_loss, total_nll, total_kl = total_loss + loss.detach(), total_nll + nll.detach(), total_kl + kl
+        grad_norm, lr = apply_gradients(self.model, self.optimizer, self.schedule, self.scaler, t.clip_norm)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        return {"loss_sum": float(total_loss), "nll_sum": float(total_nll), "alignment_sum": float(total_alignment),
-                "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+        per_pass = {key: float(value) / passes for key, value in
+                    (("loss_sum", total_loss), ("nll_sum", total_nll), ("alignment_sum", total_alignment))}
+        return {**per_pass, "rdrop_kl_sum": float(total_kl), "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
 
     # ------------------------------------------------------------ evaluation
 

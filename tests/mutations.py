@@ -64,8 +64,13 @@ MUTATIONS = [
               "ends_where_an_uninterrupted_one_does",)),
     Mutation("dropout-words-of-63-random-bits", "mt/dropout.py", ".random_(-(1 << 63), None)", ".random_()",
              ("tests/test_dropout.py",)),
-    Mutation("loss-gradient-on-padding", "mt/loss.py", "grad[rows] = block.mul_(keep)", "grad[rows] = block",
+    Mutation("loss-gradient-on-padding", "mt/loss.py", "grad[rows] = block.grad.mul_(block.keep)",
+             "grad[rows] = block.grad", ("tests/test_loss.py",)),
+    Mutation("rdrop-second-pass-kl-gradient-sign", "mt/loss.py", "(q_mean - difference)", "(difference - q_mean)",
              ("tests/test_loss.py",)),
+    Mutation("rdrop-normalized-by-one-pass", "mt/trainer.py", "self.device)[0] * passes", "self.device)[0]",
+             ("tests/test_training.py::test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_trains_on_its"
+              "_divergence",)),
 ]
 
 

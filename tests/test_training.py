@@ -230,3 +230,26 @@ def test_clip_norm_zero_leaves_gradients_unclipped(small_corpus, tmp_path):
     huge = final_state(tiny_config(small_corpus, tmp_path, clip_norm=1e9), tmp_path / "huge")["model"][name]
     tight = final_state(tiny_config(small_corpus, tmp_path, clip_norm=1e-4), tmp_path / "tight")["model"][name]
     assert torch.equal(off, huge) and not torch.equal(off, tight)
+
+
+def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_trains_on_its_divergence(small_corpus, tmp_path):
+    """Without dropout R-Drop's two passes are equal, so its step is the plain step (the KL is 0 and the loss
+    is normalized by both passes' tokens); with dropout they differ, and the divergence is logged."""
+    def config(dropout, rdrop_weight):
+        cfg = tiny_config(small_corpus, tmp_path, rdrop_weight=rdrop_weight)
+        cfg.model.dropout = dropout
+        cfg.align = AlignmentTrainingConfig(layer=-1, **shipped_links(small_corpus))  # the head sees both passes
+        return cfg
+
+    name = "decoder.0.ffn.0.weight"
+    plain = final_state(config(0.0, 0.0), tmp_path / "plain")["model"][name]
+    rdrop = final_state(config(0.0, 5.0), tmp_path / "rdrop")["model"][name]
+    torch.testing.assert_close(rdrop, plain, rtol=1e-4, atol=1e-5)
+
+    dropped = final_state(config(0.3, 0.0), tmp_path / "dropped")["model"][name]
+    rdrop_dropped = final_state(config(0.3, 5.0), tmp_path / "rdrop_dropped")["model"][name]
+    assert not torch.allclose(rdrop_dropped, dropped, rtol=1e-3, atol=1e-4)
+    events = EventAccumulator(str(tmp_path / "rdrop_dropped" / "tb")).Reload()
+    divergences = [event.value for event in events.Scalars("train/rdrop_kl")]
+    assert divergences and all(value > 0 for value in divergences)
+    assert "train/rdrop_kl" not in EventAccumulator(str(tmp_path / "dropped" / "tb")).Reload().Tags()["scalars"]
