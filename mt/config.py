@@ -52,7 +52,7 @@ class TrainerConfig:
     clip_norm: float = bounded(1.0, low=0)  # 0 disables clipping
     label_smoothing: float = bounded(0.1, low=0, below=1)
     # R-Drop (Liang et al. 2021): above 0, each batch runs twice with different dropout, and this weighs the two
-    # passes' symmetric KL divergence in the loss. A step then costs about twice: halve data.batch_tokens to keep it.
+    # passes' symmetric KL divergence in the loss. The passes share data.batch_tokens, so a step costs about the same.
     rdrop_weight: float = bounded(0.0, low=0)
     seed: int = 1
     device: Device = Device.auto

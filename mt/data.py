@@ -52,7 +52,7 @@ class DataConfig:
     max_len: int = bounded(128, low=2)
     # drop training pairs whose longer side is more than this times the shorter
     max_len_ratio: float = bounded(3.0, low=1)
-    batch_tokens: int = bounded(4096, low=1)  # padded tokens per batch (the longer side counts)
+    batch_tokens: int = bounded(4096, low=1)  # padded tokens per batch (longer side; R-Drop's two passes share it)
     # Above 0, training text is segmented afresh each time it is read, sampled from the unigram model with
     # SentencePiece's alpha (subword regularization, Kudo 2018); 0 reads the one best segmentation.
     sampling_alpha: float = bounded(0.0, low=0, high=1)

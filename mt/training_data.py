@@ -63,8 +63,10 @@ class TrainingData:
         self.train = corpus_data.filter_pairs(train, self.max_len, cfg.data.max_len_ratio)
         self.dev = encoded.pop("dev")
         self.tests = encoded
+        # data.batch_tokens is what a step's forward holds: R-Drop's two passes share it.
+        passes = 2 if cfg.trainer.rdrop_weight > 0 else 1
         self.batches = corpus_data.TokenBatches.for_split(
-            self.train, cfg.data.batch_tokens, shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
+            self.train, max(1, cfg.data.batch_tokens // passes), shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
             world_size=world.size)
 
     @property

@@ -234,10 +234,12 @@ def test_clip_norm_zero_leaves_gradients_unclipped(small_corpus, tmp_path):
 
 def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_trains_on_its_divergence(small_corpus, tmp_path):
     """Without dropout R-Drop's two passes are equal, so its step is the plain step (the KL is 0 and the loss
-    is normalized by both passes' tokens); with dropout they differ, and the divergence is logged."""
+    is normalized by both passes' tokens) on a batch of half the budget; with dropout they differ, and the
+    divergence is logged."""
     def config(dropout, rdrop_weight):
         cfg = tiny_config(small_corpus, tmp_path, rdrop_weight=rdrop_weight)
         cfg.model.dropout = dropout
+        cfg.data.batch_tokens *= 2 if rdrop_weight else 1  # the two passes share the budget: the same batches
         cfg.align = AlignmentTrainingConfig(layer=-1, **shipped_links(small_corpus))  # the head sees both passes
         return cfg
 
