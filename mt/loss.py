@@ -20,9 +20,11 @@ def _at_least_float32(x: Tensor) -> Tensor:
 
 
 class _SmoothedBlock:
-    """One block of rows: their log-probabilities, smoothed loss, NLL and loss gradient (pad rows add nothing)."""
+    """One block of rows: their log-probabilities, smoothed loss, NLL and loss gradient (pad rows add nothing).
+    Without `keep_log_probs` the gradient is written over the log-probabilities, saving a block-sized copy."""
 
-    def __init__(self, logits: Tensor, target: Tensor, epsilon: float, pad_id: int, with_grad: bool):
+    def __init__(self, logits: Tensor, target: Tensor, epsilon: float, pad_id: int, with_grad: bool,
+                 keep_log_probs: bool = False):
         vocab = logits.size(-1)
         self.log_probs = torch.log_softmax(_at_least_float32(logits), dim=-1)
         target = target[:, None]
@@ -33,7 +35,7 @@ class _SmoothedBlock:
         self.nll = nll.masked_fill(~self.keep, 0.0).sum()
         self.grad = None
         if with_grad:
-            self.grad = self.log_probs.exp().sub_(epsilon / vocab)
+            self.grad = (self.log_probs.exp() if keep_log_probs else self.log_probs.exp_()).sub_(epsilon / vocab)
             self.grad.scatter_add_(-1, target, torch.full_like(nll, epsilon - 1.0))
 
 
@@ -77,8 +79,8 @@ class _RDropCrossEntropy(torch.autograd.Function):
         for start in range(0, half, ROWS_PER_BLOCK):
             first = slice(start, min(start + ROWS_PER_BLOCK, half))
             second = slice(first.start + half, first.stop + half)
-            p = _SmoothedBlock(logits[first], target[first], epsilon, pad_id, grad is not None)
-            q = _SmoothedBlock(logits[second], target[second], epsilon, pad_id, grad is not None)
+            p = _SmoothedBlock(logits[first], target[first], epsilon, pad_id, grad is not None, keep_log_probs=True)
+            q = _SmoothedBlock(logits[second], target[second], epsilon, pad_id, grad is not None, keep_log_probs=True)
             p_probs, q_probs = p.log_probs.exp(), q.log_probs.exp()
             difference = p.log_probs - q.log_probs
             kl_sum += (0.5 * ((p_probs - q_probs) * difference).sum(-1, keepdim=True)).masked_fill(~p.keep, 0.0).sum()
