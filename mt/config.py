@@ -71,6 +71,11 @@ class TrainerConfig:
     progress: bool = True  # a progress bar on stderr
 
 
+def passes_per_batch(trainer: TrainerConfig) -> int:
+    """How many times a step runs each batch: twice under R-Drop, which splits data.batch_tokens between them."""
+    return 2 if trainer.rdrop_weight > 0 else 1
+
+
 @dataclass
 class InitConfig:
     # A MarianMT model (a Hub name such as Helsinki-NLP/opus-mt-de-en, or a local folder) to start from: its

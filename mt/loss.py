@@ -21,7 +21,8 @@ def _at_least_float32(x: Tensor) -> Tensor:
 
 class _SmoothedBlock:
     """One block of rows: their log-probabilities, smoothed loss, NLL and loss gradient (pad rows add nothing).
-    Without `keep_log_probs` the gradient is written over the log-probabilities, saving a block-sized copy."""
+    With `keep_log_probs` the probabilities are kept too; without, the gradient is written over the
+    log-probabilities, saving a block-sized copy."""
 
     def __init__(self, logits: Tensor, target: Tensor, epsilon: float, pad_id: int, with_grad: bool,
                  keep_log_probs: bool = False):
@@ -33,9 +34,11 @@ class _SmoothedBlock:
         uniform = -self.log_probs.mean(dim=-1, keepdim=True)  # cross-entropy against the uniform distribution
         self.loss = ((1.0 - epsilon) * nll + epsilon * uniform).masked_fill(~self.keep, 0.0).sum()
         self.nll = nll.masked_fill(~self.keep, 0.0).sum()
+        self.probs = self.log_probs.exp() if keep_log_probs else None
         self.grad = None
         if with_grad:
-            self.grad = (self.log_probs.exp() if keep_log_probs else self.log_probs.exp_()).sub_(epsilon / vocab)
+            shift = epsilon / vocab
+            self.grad = self.probs - shift if keep_log_probs else self.log_probs.exp_().sub_(shift)
             self.grad.scatter_add_(-1, target, torch.full_like(nll, epsilon - 1.0))
 
 
@@ -81,7 +84,7 @@ class _RDropCrossEntropy(torch.autograd.Function):
             second = slice(first.start + half, first.stop + half)
             p = _SmoothedBlock(logits[first], target[first], epsilon, pad_id, grad is not None, keep_log_probs=True)
             q = _SmoothedBlock(logits[second], target[second], epsilon, pad_id, grad is not None, keep_log_probs=True)
-            p_probs, q_probs = p.log_probs.exp(), q.log_probs.exp()
+            p_probs, q_probs = p.probs, q.probs
             difference = p.log_probs - q.log_probs
             kl_sum += (0.5 * ((p_probs - q_probs) * difference).sum(-1, keepdim=True)).masked_fill(~p.keep, 0.0).sum()
             loss += p.loss + q.loss

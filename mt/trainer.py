@@ -33,7 +33,7 @@ from mt.checkpoint import (
     random_state,
     restore_random_state,
 )
-from mt.config import OptimConfig, Optimizer, TrainConfig
+from mt.config import OptimConfig, Optimizer, TrainConfig, passes_per_batch
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
@@ -199,7 +199,7 @@ class Trainer:
         """One optimizer step over `batches` (on every rank), its loss normalized by all their target tokens (R-Drop:
         both passes'), so N processes equal one process accumulating N times as many batches. Sums are per pass."""
         t = self.cfg.trainer
-        passes, tokens = (2 if t.rdrop_weight > 0 else 1), sum(b.target_tokens for b in batches)
+        passes, tokens = passes_per_batch(t), sum(b.target_tokens for b in batches)
         all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0] * passes
         total_loss = total_nll = total_alignment = total_kl = 0.0
         for i, batch in enumerate(batches):

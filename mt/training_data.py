@@ -19,7 +19,7 @@ from mt import distributed
 from mt.alignment.eflomal import INSTALL as EFLOMAL_INSTALL
 from mt.alignment.eflomal import eflomal_command
 from mt.alignment.head import LinkSource, gold_distributions, links_from_eflomal, links_from_file
-from mt.config import TrainConfig
+from mt.config import TrainConfig, passes_per_batch
 from mt.files import InputError, write_text
 from mt.tokenizer import Tokenizer, train_or_load
 
@@ -64,10 +64,9 @@ class TrainingData:
         self.dev = encoded.pop("dev")
         self.tests = encoded
         # data.batch_tokens is what a step's forward holds: R-Drop's two passes share it.
-        passes = 2 if cfg.trainer.rdrop_weight > 0 else 1
         self.batches = corpus_data.TokenBatches.for_split(
-            self.train, max(1, cfg.data.batch_tokens // passes), shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
-            world_size=world.size)
+            self.train, max(1, cfg.data.batch_tokens // passes_per_batch(cfg.trainer)), shuffle=True,
+            seed=cfg.trainer.seed, rank=world.rank, world_size=world.size)
 
     @property
     def has_links(self) -> bool:
