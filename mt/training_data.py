@@ -1,6 +1,6 @@
 """The corpus as training reads it: the SentencePiece model, the training pairs encoded, filtered and batched by
-length (with the alignment head's links beside them), the dev and test splits, and each batch as tensors, its
-segmentation sampled afresh where subword sampling is on.
+length (with the alignment head's links beside them), the dev and test splits, and each batch as tensors; under
+subword sampling, each epoch segments the training pairs afresh and batches them on those lengths.
 
 Under torchrun, rank 0 reads the corpus, trains SentencePiece and runs eflomal first, filling the caches the other
 processes then read; the SentencePiece model and the links travel to them from rank 0.
@@ -8,10 +8,13 @@ processes then read; the SentencePiece model and the links travel to them from r
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+import datasets
 import numpy as np
 
 from mt import data as corpus_data
@@ -76,23 +79,32 @@ class TrainingData:
         """Training batches in order, forever, from `position`'s (epoch, batch_in_epoch), which it moves along (a
         checkpoint saves them: a resumed run goes on with the batch an uninterrupted one would have taken)."""
         while True:
-            order = self.batches.epoch(position.epoch)
+            order, segmentation = self.epoch(position.epoch)
             while position.batch_in_epoch < len(order):
                 indices = order[position.batch_in_epoch]
                 position.batch_in_epoch += 1
-                yield self.batch(indices, position.epoch, position.batch_in_epoch - 1)
+                yield self.batch(indices, segmentation)
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
 
-    def batch(self, indices: list[int], epoch: int, batch_in_epoch: int) -> corpus_data.Batch:
-        """Training pairs `indices` as tensors, with their gold links if they have them; `epoch` and
-        `batch_in_epoch` seed the sampled segmentation, so a resumed run samples what the uninterrupted one did."""
+    def epoch(self, epoch: int) -> tuple[list[list[int]], Optional[SampledSegmentation]]:
+        """This rank's batches of `epoch`, and under subword sampling the segmentation they were cut on: sampled
+        for the whole epoch first, so a batch holds data.batch_tokens of the pieces it trains on (batches cut on
+        the best segmentation's lengths held far more: docs/recipe.md)."""
         alpha = self.cfg.data.sampling_alpha
-        if alpha > 0:
-            where = [self.cfg.trainer.seed, epoch, batch_in_epoch, self.world.rank]
-            src_seed, tgt_seed = (int(seed) for seed in np.random.SeedSequence(where).generate_state(2))
-            rows = self.train.select_columns(["src", "tgt"])[indices]
-            src_ids = self.tokenizer.encode_sampled(rows["src"], alpha, src_seed)
-            tgt_ids = self.tokenizer.encode_sampled(rows["tgt"], alpha, tgt_seed, target=True)
+        if alpha == 0:
+            return self.batches.epoch(epoch), None
+        segmentation = SampledSegmentation(self.train, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
+                                           self.max_len)
+        batches = corpus_data.TokenBatches(segmentation.src_len, segmentation.tgt_len,
+                                           self.batches.max_tokens, shuffle=True, seed=self.batches.seed,
+                                           rank=self.world.rank, world_size=self.world.size)
+        return batches.epoch(epoch), segmentation
+
+    def batch(self, indices: list[int], segmentation: Optional[SampledSegmentation] = None) -> corpus_data.Batch:
+        """Training pairs `indices` as tensors (in `segmentation` where given), with their gold links if they have
+        them."""
+        if segmentation is not None:
+            src_ids, tgt_ids = segmentation.src.rows(indices), segmentation.tgt.rows(indices)
         else:
             rows = self.train.select_columns(["src_ids", "tgt_ids"])[indices]
             src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
@@ -137,3 +149,36 @@ class TrainingData:
                                        Path(self.cfg.data.cache_dir) / "alignments", train._fingerprint)
         write_text(self.links_path, "".join(line + "\n" for line in lines))
         return lines
+
+
+class PackedRows:
+    """Rows of token ids in one flat int32 array: a sampled epoch of a large corpus takes four bytes a token."""
+
+    def __init__(self, chunks: Iterator[list[list[int]]]):
+        ids, sizes = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int64)]
+        for rows in chunks:
+            sizes.append(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)))
+            ids.append(np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(sizes[-1].sum())))
+        self.ids, self.sizes = np.concatenate(ids), np.concatenate(sizes)
+        self.offsets = np.concatenate(([0], np.cumsum(self.sizes)))
+
+    def rows(self, indices: list[int]) -> list[list[int]]:
+        return [self.ids[self.offsets[i]:self.offsets[i + 1]].tolist() for i in indices]
+
+
+class SampledSegmentation:
+    """Every training pair segmented by sampling from the unigram model (subword regularization, Kudo 2018), and
+    the length each side takes in a batch (EOS or BOS added, cut at max_len as make_batch cuts it)."""
+
+    CHUNK = 50_000  # pairs sampled at a time: the samples never sit in Python lists all at once
+
+    def __init__(self, train: datasets.Dataset, tokenizer: Tokenizer, alpha: float, seed: list[int], max_len: int):
+        def sampled(side: str) -> Iterator[list[list[int]]]:
+            for start in range(0, len(train), self.CHUNK):
+                lines = train[side][start:start + self.CHUNK]
+                side_seed = int(np.random.SeedSequence([*seed, start, side == "tgt"]).generate_state(1)[0])
+                yield tokenizer.encode_sampled(lines, alpha, side_seed, target=side == "tgt")
+
+        self.src, self.tgt = PackedRows(sampled("src")), PackedRows(sampled("tgt"))
+        self.src_len = np.minimum(self.src.sizes + 1, max_len)
+        self.tgt_len = np.minimum(self.tgt.sizes + 1, max_len)

@@ -12,8 +12,10 @@ from mt.checkpoint import load_checkpoint
 from mt.commands.train import run
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
+from mt.distributed import World
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer, TokenizerConfig
+from mt.training_data import TrainingData
 
 
 def test_train_py_writes_checkpoints_results_tensorboard_and_vocabulary(small_corpus, tmp_path):
@@ -63,11 +65,11 @@ def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(sma
     def config(max_steps, resume):
         return TrainConfig(
             data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], cache_dir=str(tmp_path / "cache"),
-                            batch_tokens=1000, tokenizer=TokenizerConfig(vocab_size=300), sampling_alpha=0.3),
+                            batch_tokens=1300, tokenizer=TokenizerConfig(vocab_size=300), sampling_alpha=0.3),
             model=ModelConfig(vocab_size=0, d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=64,
                               activation_dropout=0.1),
             optim=OptimConfig(warmup_steps=5),
-            # 300 pairs make ~13 batches: the interruption falls inside the second epoch
+            # 300 pairs make ~14 batches: the interruption falls inside the second epoch
             trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False,
                                   heatmap_sentences=0, ema_decay=0.9, keep_checkpoints=2),
             align=AlignmentTrainingConfig(layer=-1, **shipped_links(small_corpus)),  # the one decoder layer
@@ -96,6 +98,28 @@ def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(sma
     evaluations = [load_checkpoint(tmp_path / "whole" / "checkpoints" / f"step_{n}.pt")["dev"]["bleu"]
                    for n in (18, 27)]
     assert best["dev"]["bleu"] >= max(evaluations)
+
+
+def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(small_corpus, tmp_path):
+    cfg = TrainConfig(data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], batch_tokens=300,
+                                      cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300),
+                                      sampling_alpha=0.5))
+    training = TrainingData(cfg, World(), tmp_path, aligning=False)
+    (order, sampled), (again, resampled) = training.epoch(0), TrainingData(cfg, World(), tmp_path, False).epoch(0)
+    assert order == again and sampled.tgt.rows(range(len(training.train))) == resampled.tgt.rows(
+        range(len(training.train)))  # a resumed run rebuilds the epoch it stopped in
+    assert sorted(i for indices in order for i in indices) == list(range(len(training.train)))
+    best = training.train.select_columns(["src_ids", "tgt_ids"])
+    for indices in order:
+        batch = training.batch(indices, sampled)
+        # the budget holds what the step reads: the sampled pieces, padded
+        assert len(indices) * max(batch.src.size(1), batch.tgt_out.size(1)) <= 300
+        # each row is its own pair's text, segmented otherwise
+        assert training.tokenizer.decode(sampled.tgt.rows(indices)) == training.tokenizer.decode(
+            [best[i]["tgt_ids"] for i in indices])
+    everything = range(len(training.train))
+    assert sampled.src.rows(everything) != best["src_ids"] and sampled.tgt.rows(everything) != best["tgt_ids"]
+    assert training.epoch(1)[1].src.rows(everything) != sampled.src.rows(everything)  # afresh each epoch
 
 
 def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
