@@ -175,7 +175,7 @@ class SampledSegmentation:
     def __init__(self, train: datasets.Dataset, tokenizer: Tokenizer, alpha: float, seed: list[int], max_len: int):
         def sampled(side: str) -> Iterator[list[list[int]]]:
             for start in range(0, len(train), self.CHUNK):
-                lines = train[side][start:start + self.CHUNK]
+                lines = train.select_columns([side])[start:start + self.CHUNK][side]
                 side_seed = int(np.random.SeedSequence([*seed, start, side == "tgt"]).generate_state(1)[0])
                 yield tokenizer.encode_sampled(lines, alpha, side_seed, target=side == "tgt")
 
