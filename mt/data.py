@@ -294,6 +294,10 @@ class TokenBatches:
                   **shard) -> TokenBatches:
         return cls(column(split, "src_len"), column(split, "tgt_len"), max_tokens, shuffle, seed, **shard)
 
+    def with_lengths(self, src_len: np.ndarray, tgt_len: np.ndarray) -> TokenBatches:
+        """The same budget, seed and shard over other lengths of the same pairs (a sampled segmentation's)."""
+        return TokenBatches(src_len, tgt_len, self.max_tokens, self.shuffle, self.seed, self.rank, self.world_size)
+
     def epoch(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.src_len)) if self.shuffle else np.arange(len(self.src_len))

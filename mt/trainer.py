@@ -249,7 +249,7 @@ class Trainer:
     def train(self) -> dict:
         """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
-        total = total_steps(self.cfg, len(self.data.batches.epoch(0)))
+        total = total_steps(self.cfg, self.data.batches_per_epoch)
         if self.world.active:
             # broadcast_buffers=False: the only buffer is the fixed position table.
             self.replicas = DistributedDataParallel(

@@ -70,6 +70,7 @@ class TrainingData:
         self.batches = corpus_data.TokenBatches.for_split(
             self.train, max(1, cfg.data.batch_tokens // passes_per_batch(cfg.trainer)), shuffle=True,
             seed=cfg.trainer.seed, rank=world.rank, world_size=world.size)
+        self._sampled_epoch: Optional[tuple[int, list[list[int]], SampledSegmentation]] = None
 
     @property
     def has_links(self) -> bool:
@@ -93,12 +94,17 @@ class TrainingData:
         alpha = self.cfg.data.sampling_alpha
         if alpha == 0:
             return self.batches.epoch(epoch), None
-        segmentation = SampledSegmentation(self.train, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
-                                           self.max_len)
-        batches = corpus_data.TokenBatches(segmentation.src_len, segmentation.tgt_len,
-                                           self.batches.max_tokens, shuffle=True, seed=self.batches.seed,
-                                           rank=self.world.rank, world_size=self.world.size)
-        return batches.epoch(epoch), segmentation
+        if self._sampled_epoch is None or self._sampled_epoch[0] != epoch:  # sampled once, however often asked
+            segmentation = SampledSegmentation(self.train, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
+                                               self.max_len)
+            batches = self.batches.with_lengths(segmentation.src_len, segmentation.tgt_len)
+            self._sampled_epoch = (epoch, batches.epoch(epoch), segmentation)
+        return self._sampled_epoch[1:]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """This rank's batches in the first epoch (under sampling, later epochs differ from it by a few)."""
+        return len(self.epoch(0)[0])
 
     def batch(self, indices: list[int], segmentation: Optional[SampledSegmentation] = None) -> corpus_data.Batch:
         """Training pairs `indices` as tensors (in `segmentation` where given), with their gold links if they have

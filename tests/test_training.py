@@ -234,11 +234,17 @@ def test_adamw_decays_the_weights_adam_does_not(small_corpus, tmp_path):
     assert not torch.equal(adam_l2["model"][name], adamw["model"][name])
 
 
-def test_max_epochs_ends_training_after_that_many_passes(small_corpus, tmp_path):
-    results = run(tiny_config(small_corpus, tmp_path, max_steps=None, max_epochs=1, eval_every=100), tmp_path / "r")
+@pytest.mark.parametrize("sampling_alpha", [0.0, 0.5])
+def test_max_epochs_ends_training_after_that_many_passes(small_corpus, tmp_path, sampling_alpha):
+    cfg = tiny_config(small_corpus, tmp_path, max_steps=None, max_epochs=1, eval_every=100)
+    cfg.data.sampling_alpha = sampling_alpha
+    results = run(cfg, tmp_path / "r")
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"]) in ((0, results["steps"]), (1, 0))  # one whole pass
     assert 10 <= results["steps"] <= 20  # 300 pairs in batches of 1,000 tokens
+    # under sampling, the pass is the sampled epoch's batches, not the best segmentation's
+    first_epoch, _ = TrainingData(cfg, World(), tmp_path / "r", aligning=False).epoch(0)
+    assert results["steps"] == len(first_epoch)
 
 
 def test_patience_stops_when_dev_bleu_stops_improving(small_corpus, tmp_path):
