@@ -30,11 +30,18 @@ class Optimizer(str, Enum):
     adamw = "adamw"
 
 
+class Schedule(str, Enum):
+    """What the learning rate does after its linear warm-up to optim.lr."""
+    inverse_sqrt = "inverse_sqrt"  # lr * sqrt(warmup / step): no end in sight, so a run can go on for as long as wanted
+    linear = "linear"  # straight down to 0 at the run's last step (trainer.max_steps, or max_epochs' steps)
+
+
 @dataclass
 class OptimConfig:
     name: Optimizer = Optimizer.adam
-    lr: float = bounded(2e-3, above=0)  # peak, reached at the end of warm-up, then decays as 1/sqrt(step)
+    lr: float = bounded(2e-3, above=0)  # peak, reached at the end of warm-up, then decays as `schedule` says
     warmup_steps: int = bounded(1000, low=0)
+    schedule: Schedule = Schedule.inverse_sqrt
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = bounded(1e-9, above=0)
     weight_decay: float = bounded(0.0, low=0)

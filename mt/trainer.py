@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from mt.checkpoint import (
     random_state,
     restore_random_state,
 )
-from mt.config import OptimConfig, Optimizer, TrainConfig, passes_per_batch
+from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, passes_per_batch
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
@@ -49,14 +50,23 @@ from mt.validation import Validation
 log = logging.getLogger(__name__)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig):
-    kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[cfg.name]
-    optimizer = kind(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+def lr_factor(cfg: OptimConfig, steps: int, step: int) -> float:
+    """The fraction of optim.lr that optimizer step `step` + 1 of `steps` uses: a linear warm-up, then cfg.schedule."""
     warmup = max(1, cfg.warmup_steps)
-    # Inverse square root: linear warm-up to lr, then lr * sqrt(warmup / step).
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1))))
-    return optimizer, schedule
+    if cfg.schedule == Schedule.linear:
+        after = max(0.0, (steps - step) / max(1, steps - warmup + 1))  # 1 at warm-up's end, then down by equal steps
+    else:
+        after = math.sqrt(warmup / (step + 1))
+    return min((step + 1) / warmup, after)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, batches_per_epoch: int):
+    """The optimizer and its learning-rate schedule, which may need to know where the run ends."""
+    o = cfg.optim
+    kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[o.name]
+    optimizer = kind(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    steps = total_steps(cfg, batches_per_epoch)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, o, steps))
 
 
 def apply_gradients(model: torch.nn.Module, optimizer, schedule, scaler: torch.amp.GradScaler, clip: float):
@@ -127,7 +137,7 @@ class Trainer:
         self.model = build_model(cfg.model, self.tokenizer, imported).to(self.device)
         self.model_cfg = self.model.cfg
         self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
-        self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim)
+        self.optimizer, self.schedule = build_optimizer(self.model, cfg, self.data.batches_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None

@@ -15,6 +15,7 @@ from mt.data import DataConfig
 from mt.distributed import World
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer, TokenizerConfig
+from mt.trainer import lr_factor
 from mt.training_data import TrainingData
 
 
@@ -245,6 +246,22 @@ def test_max_epochs_ends_training_after_that_many_passes(small_corpus, tmp_path,
     # under sampling, the pass is the sampled epoch's batches, not the best segmentation's
     first_epoch, _ = TrainingData(cfg, World(), tmp_path / "r", aligning=False).epoch(0)
     assert results["steps"] == len(first_epoch)
+
+
+def test_linear_schedule_warms_up_then_falls_to_zero_at_the_runs_last_step(small_corpus, tmp_path):
+    optim = OptimConfig(lr=1e-3, warmup_steps=4, schedule="linear")
+    # The end comes from max_epochs here, so the schedule learns it from the data, not from max_steps.
+    results = run(tiny_config(small_corpus, tmp_path, optim, max_steps=None, max_epochs=1, eval_every=100),
+                  tmp_path / "r")
+    steps = results["steps"]
+    used = [lr_factor(optim, steps, step) for step in range(steps)]  # by optimizer steps 1 .. steps
+    assert used[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(earlier > later > 0 for earlier, later in zip(used[3:], used[4:]))
+    assert used[-1] == pytest.approx(1 / (steps - 3))
+    state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # what a step after the last would use
+    # The default is unchanged: lr * sqrt(warmup / step) after warm-up, whatever the run's length.
+    assert lr_factor(OptimConfig(), 6000, 3999) == lr_factor(OptimConfig(), 100_000, 3999) == 0.5
 
 
 def test_patience_stops_when_dev_bleu_stops_improving(small_corpus, tmp_path):
