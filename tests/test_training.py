@@ -13,6 +13,7 @@ from mt.commands.train import run
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
 from mt.distributed import World
+from mt.files import InputError
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import Tokenizer, TokenizerConfig
 from mt.trainer import lr_factor
@@ -154,6 +155,7 @@ def messages(error: BaseException) -> str:
     ("trainer.max_steps=many", "trainer.max_steps"),
     ("model=huge", "Could not find 'model/huge'"),
     ("optim.name=adamx", "Invalid value 'adamx', expected one of [adam, adamw]"),
+    ("optim.schedule=cosine", "Invalid value 'cosine', expected one of [inverse_sqrt, linear]"),
     ("data.source=hubb", "Invalid value 'hubb', expected one of [files, hub]"),
     ("trainer.precision=bf61", "expected one of [auto, fp32, bf16, fp16]"),
     ("trainer.device=gpu", "expected one of [auto, cpu, cuda]"),
@@ -262,6 +264,12 @@ def test_linear_schedule_warms_up_then_falls_to_zero_at_the_runs_last_step(small
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # what a step after the last would use
     # The default is unchanged: lr * sqrt(warmup / step) after warm-up, whatever the run's length.
     assert lr_factor(OptimConfig(), 6000, 3999) == lr_factor(OptimConfig(), 100_000, 3999) == 0.5
+
+
+def test_a_run_without_an_end_is_refused_in_one_line(small_corpus, tmp_path):
+    with pytest.raises(InputError, match="set trainer.max_steps or trainer.max_epochs"):
+        run(tiny_config(small_corpus, tmp_path, OptimConfig(schedule="linear"), max_steps=None), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
 
 
 def test_patience_stops_when_dev_bleu_stops_improving(small_corpus, tmp_path):
