@@ -60,13 +60,11 @@ def lr_factor(cfg: OptimConfig, steps: int, step: int) -> float:
     return min((step + 1) / warmup, after)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, batches_per_epoch: int):
-    """The optimizer and its learning-rate schedule, which may need to know where the run ends."""
-    o = cfg.optim
-    kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[o.name]
-    optimizer = kind(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    steps = total_steps(cfg, batches_per_epoch)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, o, steps))
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, steps: int):
+    """The optimizer and its learning-rate schedule for a run of `steps` optimizer steps."""
+    kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[cfg.name]
+    optimizer = kind(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg, steps))
 
 
 def apply_gradients(model: torch.nn.Module, optimizer, schedule, scaler: torch.amp.GradScaler, clip: float):
@@ -137,7 +135,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.tokenizer, imported).to(self.device)
         self.model_cfg = self.model.cfg
         self.replicas = self.model  # what the training steps run: DDP's wrapper under torchrun (see train)
-        self.optimizer, self.schedule = build_optimizer(self.model, cfg, self.data.batches_per_epoch)
+        self.total_steps = total_steps(cfg, self.data.batches_per_epoch)  # where training ends
+        self.optimizer, self.schedule = build_optimizer(self.model, cfg.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
@@ -259,26 +258,25 @@ class Trainer:
     def train(self) -> dict:
         """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
-        total = total_steps(self.cfg, self.data.batches_per_epoch)
         if self.world.active:
             # broadcast_buffers=False: the only buffer is the fixed position table.
             self.replicas = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
         writer = SummaryWriter(str(self.run_dir / "tb")) if self.world.is_main else None
         batches = self.data.stream(self)  # moves self.epoch and self.batch_in_epoch along
-        bar = tqdm(total=total, initial=self.step, disable=not (t.progress and self.world.is_main), unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and self.world.is_main),
+                   unit="step", dynamic_ncols=True)
         progress = TrainingLog(self.world, self.device, writer, bar)
         stop_early = False
         self.model.train()
         with StopRequests() as stop:
-            while self.step < total and not stop_early:
+            while self.step < self.total_steps and not stop_early:
                 stats = self.train_step([next(batches) for _ in range(t.accum_steps)])
                 progress.add(stats)
-                if self.step % t.log_every == 0 or self.step == total:
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
                     progress.report(stats, self.step, self.epoch, self.alignment_head is not None)
                     release_free_memory()
-                if self.step % t.eval_every == 0 or self.step == total:
+                if self.step % t.eval_every == 0 or self.step == self.total_steps:
                     bar.clear()
                     with progress.clock_paused():
                         stop_early = self._eval_and_save(writer)
