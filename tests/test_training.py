@@ -1,6 +1,9 @@
 """Training end to end on real (small) Multi30k files: the CLI, the run directory, resume, and learning."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -122,6 +125,30 @@ def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(smal
     everything = range(len(training.train))
     assert sampled.src.rows(everything) != best["src_ids"] and sampled.tgt.rows(everything) != best["tgt_ids"]
     assert training.epoch(1)[1].src.rows(everything) != sampled.src.rows(everything)  # afresh each epoch
+
+
+def test_a_sampled_epoch_is_sampled_alike_by_another_process(small_corpus, tmp_path):
+    """A resumed run, or the same command run again, is a new process: it must sample each epoch as the first
+    did (SentencePiece 0.2.2 and 0.2.3 salt their sampler per process, so pyproject.toml keeps them out)."""
+    program = textwrap.dedent(f"""
+        import hashlib
+        from pathlib import Path
+        from mt.config import TrainConfig
+        from mt.data import DataConfig
+        from mt.distributed import World
+        from mt.tokenizer import TokenizerConfig
+        from mt.training_data import TrainingData
+        cfg = TrainConfig(data=DataConfig(train={small_corpus["train"]!r}, dev={small_corpus["dev"]!r},
+                                          batch_tokens=300, cache_dir={str(tmp_path / "cache")!r},
+                                          tokenizer=TokenizerConfig(vocab_size=300), sampling_alpha=0.5))
+        order, sampled = TrainingData(cfg, World(), Path({str(tmp_path)!r}), aligning=False).epoch(0)
+        rows = range(len(sampled.src_len))
+        print(hashlib.sha256(repr([order, sampled.src.rows(rows), sampled.tgt.rows(rows)]).encode()).hexdigest())
+    """)
+    runs = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
+            for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.strip()) == 64
 
 
 def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
