@@ -129,7 +129,7 @@ def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(smal
 
 def test_a_sampled_epoch_is_sampled_alike_by_another_process(small_corpus, tmp_path):
     """A resumed run, or the same command run again, is a new process: it must sample each epoch as the first
-    did (SentencePiece 0.2.2 and 0.2.3 salt their sampler per process, so pyproject.toml keeps them out)."""
+    did (SentencePiece 0.2.2 and 0.2.3 sample otherwise in each process, so pyproject.toml keeps them out)."""
     program = textwrap.dedent(f"""
         import hashlib
         from pathlib import Path
