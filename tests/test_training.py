@@ -1,9 +1,9 @@
 """Training end to end on real (small) Multi30k files: the CLI, the run directory, resume, and learning."""
 
 import json
+import pickle
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -105,10 +105,14 @@ def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(sma
     assert best["dev"]["bleu"] >= max(evaluations)
 
 
+def sampled_config(small_corpus, tmp_path) -> TrainConfig:
+    return TrainConfig(data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], batch_tokens=300,
+                                       cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300),
+                                       sampling_alpha=0.5))
+
+
 def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(small_corpus, tmp_path):
-    cfg = TrainConfig(data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], batch_tokens=300,
-                                      cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300),
-                                      sampling_alpha=0.5))
+    cfg = sampled_config(small_corpus, tmp_path)
     training = TrainingData(cfg, World(), tmp_path, aligning=False)
     (order, sampled), (again, resampled) = training.epoch(0), TrainingData(cfg, World(), tmp_path, False).epoch(0)
     assert order == again and sampled.tgt.rows(range(len(training.train))) == resampled.tgt.rows(
@@ -127,28 +131,31 @@ def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(smal
     assert training.epoch(1)[1].src.rows(everything) != sampled.src.rows(everything)  # afresh each epoch
 
 
+# Samples epoch 0 of the pickled config CFG in a process of its own and pickles what it sampled into OUT.
+SAMPLE_EPOCH = """
+import pickle, sys
+from pathlib import Path
+from mt.distributed import World
+from mt.training_data import TrainingData
+cfg, run_dir, out = sys.argv[1:]
+order, sampled = TrainingData(pickle.loads(Path(cfg).read_bytes()), World(), Path(run_dir), aligning=False).epoch(0)
+rows = range(len(sampled.src_len))
+Path(out).write_bytes(pickle.dumps([order, sampled.src.rows(rows), sampled.tgt.rows(rows)]))
+"""
+
+
 def test_a_sampled_epoch_is_sampled_alike_by_another_process(small_corpus, tmp_path):
     """A resumed run, or the same command run again, is a new process: it must sample each epoch as the first
     did (SentencePiece 0.2.2 and 0.2.3 sample otherwise in each process, so pyproject.toml keeps them out)."""
-    program = textwrap.dedent(f"""
-        import hashlib
-        from pathlib import Path
-        from mt.config import TrainConfig
-        from mt.data import DataConfig
-        from mt.distributed import World
-        from mt.tokenizer import TokenizerConfig
-        from mt.training_data import TrainingData
-        cfg = TrainConfig(data=DataConfig(train={small_corpus["train"]!r}, dev={small_corpus["dev"]!r},
-                                          batch_tokens=300, cache_dir={str(tmp_path / "cache")!r},
-                                          tokenizer=TokenizerConfig(vocab_size=300), sampling_alpha=0.5))
-        order, sampled = TrainingData(cfg, World(), Path({str(tmp_path)!r}), aligning=False).epoch(0)
-        rows = range(len(sampled.src_len))
-        print(hashlib.sha256(repr([order, sampled.src.rows(rows), sampled.tgt.rows(rows)]).encode()).hexdigest())
-    """)
-    runs = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
-            for _ in range(2)]
-    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:]
-    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout.strip()) == 64
+    cfg = sampled_config(small_corpus, tmp_path)
+    order, sampled = TrainingData(cfg, World(), tmp_path, aligning=False).epoch(0)
+    rows = range(len(sampled.src_len))
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    done = subprocess.run([sys.executable, "-c", SAMPLE_EPOCH, str(tmp_path / "cfg.pkl"), str(tmp_path),
+                           str(tmp_path / "sampled.pkl")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pickle.loads((tmp_path / "sampled.pkl").read_bytes()) == [order, sampled.src.rows(rows),
+                                                                     sampled.tgt.rows(rows)]
 
 
 def test_a_tiny_model_overfits_a_few_dozen_pairs(tmp_path):
