@@ -63,7 +63,7 @@ def lr_factor(cfg: OptimConfig, steps: int, step: int) -> float:
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, steps: int):
     """The optimizer and its learning-rate schedule for a run of `steps` optimizer steps."""
     kind = {Optimizer.adam: torch.optim.Adam, Optimizer.adamw: torch.optim.AdamW}[cfg.name]
-    # fused: one kernel over all parameters instead of a loop of small ones (5x faster on CPU, docs/benchmark.md);
+    # fused: one kernel over all parameters instead of a loop of small ones (docs/benchmark.md);
     # the same update, rounded differently in the last bit.
     optimizer = kind(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                      fused=True)

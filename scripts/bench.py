@@ -168,7 +168,7 @@ class Trainer:
     """One contestant of the training race: its own model (same seed for all) and Adam."""
 
     def __init__(self, name: str, cfg: ModelConfig, batches: list[Batch], device: torch.device, precision: str,
-                 torch_dropout: bool = False):
+                 torch_dropout: bool = False, loop_adam: bool = False):
         torch.manual_seed(1)
         self.name, self.ours = name, not name.startswith("torch")
         self.model = (Transformer(cfg) if self.ours else TorchReference(cfg)).to(device).train()
@@ -177,7 +177,9 @@ class Trainer:
                 for child_name, child in module.named_children():
                     if isinstance(child, Dropout):
                         setattr(module, child_name, nn.Dropout(child.p))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, betas=(0.9, 0.98), eps=1e-9)
+        # fused, as mt/trainer.py's build_optimizer; loop_adam: torch's CPU default, the for-loop (the step before)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, betas=(0.9, 0.98), eps=1e-9,
+                                          fused=not loop_adam)
         self.batches = [b.to(device) for b in batches]
         self.autocast = autocast_for(precision, device)
         self.steps = 0
@@ -261,7 +263,7 @@ def be_contestant(args) -> None:
         tokenizer = bench_tokenizer(args)
         cfg = model_config(args, tokenizer)
         contestant = Trainer(name, cfg, training_batches(args, tokenizer, cfg), device, spec["precision"],
-                             spec["torch_dropout"])
+                             spec["torch_dropout"], spec["loop_adam"])
     else:
         tokenizer = load_model(spec["checkpoint"], torch.device("cpu")).tokenizer
         contestant = Decoder(name, spec["checkpoint"], test_batches(args, tokenizer)[0], device,
@@ -326,9 +328,11 @@ def main() -> None:
               "and skew the measurements")
     laps.append(("set-up", time.perf_counter()))
 
-    names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32") + [f"ours {low} torch dropout"]
+    names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32") + [
+        f"ours {low} torch dropout", f"ours {low} for-loop adam"]
     trained = run_race({f"train:{name}": dict(precision=name.split()[1] if name.startswith("ours") else "fp32",
-                                              torch_dropout=name.endswith("torch dropout")) for name in names},
+                                              torch_dropout=name.endswith("torch dropout"),
+                                              loop_adam=name.endswith("for-loop adam")) for name in names},
                        args.reps, workdir)
     train_rate = {name: tokens / s for name, s in trained.seconds.items()}
     laps.append(("training", time.perf_counter()))
@@ -405,6 +409,8 @@ def main() -> None:
         "bf16_speedup": ratio(train_rate.get("ours bf16"), train_rate["ours fp32"]),
         # against the previous round's step, which drew dropout masks with torch's bernoulli_
         "train_speedup_vs_torch_dropout": ratio(train_rate[f"ours {low}"], train_rate[f"ours {low} torch dropout"]),
+        # against torch's for-loop Adam, the optimizer's CPU default, which training ran until issue 22
+        "train_speedup_vs_loop_adam": ratio(train_rate[f"ours {low}"], train_rate[f"ours {low} for-loop adam"]),
         "decode_cache_speedup": ratio(decode_rate[f"ours cache {low}"], no_cache),
         "decode_vs_ctranslate2": ratio(decode_rate[f"ours cache {low}"], ct2),
         "decode_fp32_vs_ctranslate2": ratio(decode_rate["ours cache fp32"], ct2),

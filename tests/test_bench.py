@@ -26,7 +26,8 @@ def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
     assert figures["threads"] == 1 and figures["reps"] == 1
     train, decode = figures["train_target_tokens_per_s"], figures["decode_sentences_per_s"]
     low = figures["precision_auto"]
-    assert set(train) == {"ours fp32", "torch reference fp32", f"ours {low} torch dropout"} | (
+    assert set(train) == {"ours fp32", "torch reference fp32", f"ours {low} torch dropout",
+                          f"ours {low} for-loop adam"} | (
         {f"ours {low}"} if low != "fp32" else set())
     # Each ratio is the quotient of the speeds printed beside it (no speed is asserted: timing is not a test).
     quotient = pytest.approx  # the speeds are printed rounded
@@ -34,6 +35,8 @@ def test_bench_reports_every_ratio_and_cleans_up(trained, tmp_path):
                                                                    rel=2e-3)
     assert figures["train_speedup_vs_torch_dropout"] == quotient(
         train[f"ours {low}"] / train[f"ours {low} torch dropout"], rel=2e-3)
+    assert figures["train_speedup_vs_loop_adam"] == quotient(
+        train[f"ours {low}"] / train[f"ours {low} for-loop adam"], rel=2e-3)
     assert figures["decode_cache_speedup"] == quotient(decode[f"ours cache {low}"] / decode[f"ours no cache {low}"],
                                                        rel=2e-3)
     # The cache changes the speed, never the output.
