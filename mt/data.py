@@ -56,6 +56,10 @@ class DataConfig:
     # Above 0, training text is segmented afresh each time it is read, sampled from the unigram model with
     # SentencePiece's alpha (subword regularization, Kudo 2018); 0 reads the one best segmentation.
     sampling_alpha: float = bounded(0.0, low=0, high=1)
+    # Word dropout: above 0, each piece of a training batch's sources (EOS and padding aside), or of its decoder
+    # inputs (BOS and padding aside; the labels stay), is replaced by <unk> with this probability, drawn per batch.
+    source_word_dropout: float = bounded(0.0, low=0, below=1)
+    target_word_dropout: float = bounded(0.0, low=0, below=1)
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 

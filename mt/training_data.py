@@ -1,6 +1,7 @@
 """The corpus as training reads it: the SentencePiece model, the training pairs encoded, filtered and batched by
 length (with the alignment head's links beside them), the dev and test splits, and each batch as tensors; under
-subword sampling, each epoch segments the training pairs afresh and batches them on those lengths.
+subword sampling, each epoch segments the training pairs afresh and batches them on those lengths; under word
+dropout, pieces of each batch's inputs are replaced by <unk>.
 
 Under torchrun, rank 0 reads the corpus, trains SentencePiece and runs eflomal first, filling the caches the other
 processes then read; the SentencePiece model and the links travel to them from rank 0.
@@ -16,6 +17,7 @@ from typing import Optional
 
 import datasets
 import numpy as np
+import torch
 
 from mt import data as corpus_data
 from mt import distributed
@@ -82,9 +84,9 @@ class TrainingData:
         while True:
             order, segmentation = self.epoch(position.epoch)
             while position.batch_in_epoch < len(order):
-                indices = order[position.batch_in_epoch]
+                indices, place = order[position.batch_in_epoch], (position.epoch, position.batch_in_epoch)
                 position.batch_in_epoch += 1
-                yield self.batch(indices, segmentation)
+                yield self.batch(indices, segmentation, place)
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
 
     def epoch(self, epoch: int) -> tuple[list[list[int]], Optional[SampledSegmentation]]:
@@ -106,9 +108,10 @@ class TrainingData:
         """This rank's batches in the first epoch (under sampling, later epochs differ from it by a few)."""
         return len(self.epoch(0)[0])
 
-    def batch(self, indices: list[int], segmentation: Optional[SampledSegmentation] = None) -> corpus_data.Batch:
+    def batch(self, indices: list[int], segmentation: Optional[SampledSegmentation] = None,
+              place: Optional[tuple[int, int]] = None) -> corpus_data.Batch:
         """Training pairs `indices` as tensors (in `segmentation` where given), with their gold links if they have
-        them."""
+        them; under word dropout, with the pieces dropped for the batch at `place` (epoch, batch in epoch)."""
         if segmentation is not None:
             src_ids, tgt_ids = segmentation.src.rows(indices), segmentation.tgt.rows(indices)
         else:
@@ -120,7 +123,21 @@ class TrainingData:
             links = self.train.select_columns(["links"])[indices]["links"]
             batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
                                                  batch.tgt_in.size(1), self.cfg.align.null)
+        if place is not None:
+            self.drop_words(batch, place)
         return batch
+
+    def drop_words(self, batch: corpus_data.Batch, place: tuple[int, int]) -> None:
+        """Word dropout (data.source_word_dropout, data.target_word_dropout), drawn from the run's seed, the rank
+        and the batch's place: a resumed run drops what an uninterrupted one would have."""
+        on_source, on_target = self.cfg.data.source_word_dropout, self.cfg.data.target_word_dropout
+        if on_source == 0 and on_target == 0:
+            return
+        seed = np.random.SeedSequence([self.cfg.trainer.seed, self.world.rank, *place]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        special = self.tokenizer.special
+        batch.src = replace_pieces(batch.src, on_source, special.unk, (special.pad, special.eos), generator)
+        batch.tgt_in = replace_pieces(batch.tgt_in, on_target, special.unk, (special.pad, special.bos), generator)
 
     # ------------------------------------------------------------ the alignment head's links
 
@@ -155,6 +172,17 @@ class TrainingData:
                                        Path(self.cfg.data.cache_dir) / "alignments", train._fingerprint)
         write_text(self.links_path, "".join(line + "\n" for line in lines))
         return lines
+
+
+def replace_pieces(ids: torch.Tensor, probability: float, unk: int, kept: tuple[int, ...],
+                   generator: torch.Generator) -> torch.Tensor:
+    """`ids` with each piece but those in `kept` replaced by `unk` with `probability`."""
+    if probability == 0:
+        return ids
+    chosen = torch.rand(ids.shape, generator=generator) < probability
+    for token in kept:
+        chosen &= ids.ne(token)
+    return ids.masked_fill(chosen, unk)
 
 
 class PackedRows:

@@ -4,6 +4,7 @@ import json
 import pickle
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -129,6 +130,40 @@ def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(smal
     everything = range(len(training.train))
     assert sampled.src.rows(everything) != best["src_ids"] and sampled.tgt.rows(everything) != best["tgt_ids"]
     assert training.epoch(1)[1].src.rows(everything) != sampled.src.rows(everything)  # afresh each epoch
+
+
+def test_word_dropout_puts_unk_in_the_inputs_only_at_its_rate_and_a_resumed_run_draws_the_same(small_corpus,
+                                                                                                 tmp_path):
+    def config(source: float, target: float) -> TrainConfig:
+        return TrainConfig(data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], batch_tokens=300,
+                                           cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300),
+                                           source_word_dropout=source, target_word_dropout=target))
+
+    def epoch_zero(training: TrainingData, start: int = 0) -> list:
+        place = SimpleNamespace(epoch=0, batch_in_epoch=start)
+        stream = training.stream(place)
+        return [next(stream) for _ in range(start, training.batches_per_epoch)]
+
+    noisy, plain = (TrainingData(config(*rates), World(), tmp_path, aligning=False) for rates in ((0.3, 0.1), (0, 0)))
+    unk = noisy.tokenizer.special.unk
+    counts = {"src": [0, 0], "tgt_in": [0, 0]}  # [replaced, could have been]
+    for dropped, clean in zip(epoch_zero(noisy), epoch_zero(plain), strict=True):
+        assert torch.equal(dropped.tgt_out, clean.tgt_out)  # the labels stay
+        for side, spared in (("src", (0, 3)), ("tgt_in", (0, 2))):  # padding and EOS / BOS are never replaced
+            before, after = getattr(clean, side), getattr(dropped, side)
+            changed = before.ne(after)
+            assert after[changed].eq(unk).all()
+            open_to_it = ~sum(before.eq(token) for token in (unk, *spared)).bool()
+            assert not (changed & ~open_to_it).any()
+            counts[side][0] += int(changed.sum())
+            counts[side][1] += int(open_to_it.sum())
+    assert counts["src"][1] > 3000 and counts["tgt_in"][1] > 3000
+    assert abs(counts["src"][0] / counts["src"][1] - 0.3) < 0.03
+    assert abs(counts["tgt_in"][0] / counts["tgt_in"][1] - 0.1) < 0.02
+    # Resumed at the fourth batch, a run reads the batches an uninterrupted one read from there, noise and all.
+    again = epoch_zero(TrainingData(config(0.3, 0.1), World(), tmp_path, aligning=False), start=3)
+    for resumed, uninterrupted in zip(again, epoch_zero(noisy)[3:], strict=True):
+        assert torch.equal(resumed.src, uninterrupted.src) and torch.equal(resumed.tgt_in, uninterrupted.tgt_in)
 
 
 # Samples epoch 0 of the pickled config CFG in a process of its own and pickles what it sampled into OUT.
