@@ -145,11 +145,13 @@ def test_word_dropout_puts_unk_in_the_inputs_only_at_its_rate_and_a_resumed_run_
         return [next(stream) for _ in range(start, training.batches_per_epoch)]
 
     noisy, plain = (TrainingData(config(*rates), World(), tmp_path, aligning=False) for rates in ((0.3, 0.1), (0, 0)))
-    unk = noisy.tokenizer.special.unk
+    special = noisy.tokenizer.special
+    unk = special.unk
     counts = {"src": [0, 0], "tgt_in": [0, 0]}  # [replaced, could have been]
     for dropped, clean in zip(epoch_zero(noisy), epoch_zero(plain), strict=True):
         assert torch.equal(dropped.tgt_out, clean.tgt_out)  # the labels stay
-        for side, spared in (("src", (0, 3)), ("tgt_in", (0, 2))):  # padding and EOS / BOS are never replaced
+        # padding and EOS (sources) or BOS (decoder inputs) are never replaced
+        for side, spared in (("src", (special.pad, special.eos)), ("tgt_in", (special.pad, special.bos))):
             before, after = getattr(clean, side), getattr(dropped, side)
             changed = before.ne(after)
             assert after[changed].eq(unk).all()
