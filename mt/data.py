@@ -60,6 +60,9 @@ class DataConfig:
     # inputs (BOS and padding aside; the labels stay), is replaced by <unk> with this probability, drawn per batch.
     source_word_dropout: float = bounded(0.0, low=0, below=1)
     target_word_dropout: float = bounded(0.0, low=0, below=1)
+    # Bidirectional training (Ding et al. 2021): the first N optimizer steps read every training pair both ways,
+    # as given and turned round (target -> source, the same model and vocabulary), then the asked direction alone.
+    bidirectional_steps: int = bounded(0, low=0)
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 

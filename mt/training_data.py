@@ -1,7 +1,8 @@
 """The corpus as training reads it: the SentencePiece model, the training pairs encoded, filtered and batched by
 length (with the alignment head's links beside them), the dev and test splits, and each batch as tensors; under
 subword sampling, each epoch segments the training pairs afresh and batches them on those lengths; under word
-dropout, pieces of each batch's inputs are replaced by <unk>.
+dropout, pieces of each batch's inputs are replaced by <unk>; under bidirectional training, the first steps read
+the pairs turned round too.
 
 Under torchrun, rank 0 reads the corpus, trains SentencePiece and runs eflomal first, filling the caches the other
 processes then read; the SentencePiece model and the links travel to them from rank 0.
@@ -24,6 +25,7 @@ from mt import distributed
 from mt.alignment.eflomal import INSTALL as EFLOMAL_INSTALL
 from mt.alignment.eflomal import eflomal_command
 from mt.alignment.head import LinkSource, gold_distributions, links_from_eflomal, links_from_file
+from mt.alignment.links import turned_pharaoh
 from mt.config import TrainConfig, passes_per_batch
 from mt.files import InputError, write_text
 from mt.tokenizer import Tokenizer, train_or_load
@@ -72,7 +74,17 @@ class TrainingData:
         self.batches = corpus_data.TokenBatches.for_split(
             self.train, max(1, cfg.data.batch_tokens // passes_per_batch(cfg.trainer)), shuffle=True,
             seed=cfg.trainer.seed, rank=world.rank, world_size=world.size)
-        self._sampled_epoch: Optional[tuple[int, list[list[int]], SampledSegmentation]] = None
+        # Under bidirectional training, what its first steps read: every pair as given, then turned round.
+        self.both_ways = self.both_ways_batches = None
+        if cfg.data.bidirectional_steps > 0:
+            if self.tokenizer.target_sp is not self.tokenizer.sp:
+                raise InputError(f"data.bidirectional_steps={cfg.data.bidirectional_steps} turns the pairs round, "
+                                 "which needs one segmentation for both languages; the imported model has two")
+            self.both_ways = datasets.concatenate_datasets([self.train, turned_round(self.train)])
+            self.both_ways_batches = corpus_data.TokenBatches.for_split(
+                self.both_ways, self.batches.max_tokens, shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
+                world_size=world.size)
+        self._sampled_epoch: Optional[tuple[tuple[int, bool], list[list[int]], SampledSegmentation]] = None
 
     @property
     def has_links(self) -> bool:
@@ -80,27 +92,39 @@ class TrainingData:
 
     def stream(self, position):
         """Training batches in order, forever, from `position`'s (epoch, batch_in_epoch), which it moves along (a
-        checkpoint saves them: a resumed run goes on with the batch an uninterrupted one would have taken)."""
+        checkpoint saves them: a resumed run goes on with the batch an uninterrupted one would have taken). Under
+        bidirectional training, the pairs both ways while `position.step` is below data.bidirectional_steps; the
+        asked direction then starts a new epoch."""
+        both_ways_until = self.cfg.data.bidirectional_steps
+        if 0 < both_ways_until == position.step and position.batch_in_epoch > 0:
+            # resumed where the steps both ways end: no batch of the asked direction has been read yet
+            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
         while True:
-            order, segmentation = self.epoch(position.epoch)
+            both_ways = position.step < both_ways_until
+            order, segmentation = self.epoch(position.epoch, both_ways)
             while position.batch_in_epoch < len(order):
+                if both_ways and position.step >= both_ways_until:
+                    break  # the steps both ways are over
                 indices, place = order[position.batch_in_epoch], (position.epoch, position.batch_in_epoch)
                 position.batch_in_epoch += 1
-                yield self.batch(indices, segmentation, place)
+                yield self.batch(indices, segmentation, place, both_ways)
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
 
-    def epoch(self, epoch: int) -> tuple[list[list[int]], Optional[SampledSegmentation]]:
-        """This rank's batches of `epoch`, and under subword sampling the segmentation they were cut on: sampled
-        for the whole epoch first, so a batch holds data.batch_tokens of the pieces it trains on (batches cut on
-        the best segmentation's lengths held far more: docs/recipe.md)."""
+    def epoch(self, epoch: int, both_ways: bool = False
+              ) -> tuple[list[list[int]], Optional[SampledSegmentation]]:
+        """This rank's batches of `epoch` (of the pairs both ways where asked), and under subword sampling the
+        segmentation they were cut on: sampled for the whole epoch first, so a batch holds data.batch_tokens of
+        the pieces it trains on (batches cut on the best segmentation's lengths held far more: docs/recipe.md)."""
+        pairs, batches = (self.both_ways, self.both_ways_batches) if both_ways else (self.train, self.batches)
         alpha = self.cfg.data.sampling_alpha
         if alpha == 0:
-            return self.batches.epoch(epoch), None
-        if self._sampled_epoch is None or self._sampled_epoch[0] != epoch:  # sampled once, however often asked
-            segmentation = SampledSegmentation(self.train, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
+            return batches.epoch(epoch), None
+        if self._sampled_epoch is None or self._sampled_epoch[0] != (epoch, both_ways):  # sampled once
+            segmentation = SampledSegmentation(pairs, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
                                                self.max_len)
-            batches = self.batches.with_lengths(segmentation.src_len, segmentation.tgt_len)
-            self._sampled_epoch = (epoch, batches.epoch(epoch), segmentation)
+            self._sampled_epoch = ((epoch, both_ways),
+                                   batches.with_lengths(segmentation.src_len, segmentation.tgt_len).epoch(epoch),
+                                   segmentation)
         return self._sampled_epoch[1:]
 
     @property
@@ -109,18 +133,20 @@ class TrainingData:
         return len(self.epoch(0)[0])
 
     def batch(self, indices: list[int], segmentation: Optional[SampledSegmentation] = None,
-              place: Optional[tuple[int, int]] = None) -> corpus_data.Batch:
-        """Training pairs `indices` as tensors (in `segmentation` where given), with their gold links if they have
-        them; under word dropout, with the pieces dropped for the batch at `place` (epoch, batch in epoch)."""
+              place: Optional[tuple[int, int]] = None, both_ways: bool = False) -> corpus_data.Batch:
+        """Training pairs `indices` (of the pairs both ways where asked) as tensors (in `segmentation` where
+        given), with their gold links if they have them; under word dropout, with the pieces dropped for the batch
+        at `place` (epoch, batch in epoch)."""
+        pairs = self.both_ways if both_ways else self.train
         if segmentation is not None:
             src_ids, tgt_ids = segmentation.src.rows(indices), segmentation.tgt.rows(indices)
         else:
-            rows = self.train.select_columns(["src_ids", "tgt_ids"])[indices]
+            rows = pairs.select_columns(["src_ids", "tgt_ids"])[indices]
             src_ids, tgt_ids = rows["src_ids"], rows["tgt_ids"]
         # a sample may outgrow the best segmentation
         batch = corpus_data.make_batch(src_ids, tgt_ids, self.max_len, self.tokenizer.special)
         if self.has_links:
-            links = self.train.select_columns(["links"])[indices]["links"]
+            links = pairs.select_columns(["links"])[indices]["links"]
             batch.alignment = gold_distributions(src_ids, tgt_ids, links, self.tokenizer, batch.src.size(1),
                                                  batch.tgt_in.size(1), self.cfg.align.null)
         if place is not None:
@@ -172,6 +198,18 @@ class TrainingData:
                                        Path(self.cfg.data.cache_dir) / "alignments", train._fingerprint)
         write_text(self.links_path, "".join(line + "\n" for line in lines))
         return lines
+
+
+def turned_round(pairs: datasets.Dataset) -> datasets.Dataset:
+    """The pairs read target -> source: the two sides' columns trade names, and links turn round."""
+    sides = [(a, b) for a, b in (("src", "tgt"), ("src_ids", "tgt_ids"), ("src_len", "tgt_len"))
+             if a in pairs.column_names]
+    turned = pairs.rename_columns({a: f"{b}.turned" for a, b in sides} | {b: f"{a}.turned" for a, b in sides})
+    turned = turned.rename_columns({f"{name}.turned": name for side in sides for name in side})
+    if "links" in turned.column_names:
+        turned = turned.map(lambda batch: {"links": [turned_pharaoh(line) for line in batch["links"]]},
+                            batched=True)
+    return turned
 
 
 def replace_pieces(ids: torch.Tensor, probability: float, unk: int, kept: tuple[int, ...],

@@ -297,3 +297,12 @@ def test_import_refusals_are_one_line(tmp_path, small_corpus):
     os.remove(no_tokenizer / "vocab.json")
     with pytest.raises(InputError, match="MarianTokenizer files"):
         huggingface.from_transformers(str(no_tokenizer))
+
+
+def test_bidirectional_training_of_an_imported_model_with_two_segmentations_is_refused_in_one_line(
+        marian, small_corpus, tmp_path):
+    folder, _ = marian  # OPUS-MT's German and English SentencePiece models: a turned pair would be cut wrongly
+    result = train_cli(*TINY, *corpus_overrides(small_corpus, tmp_path), f"init.from_hf={folder}",
+                       "data.bidirectional_steps=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "data.bidirectional_steps=2" in result.stderr

@@ -161,6 +161,11 @@ def to_pharaoh(links: list[Link]) -> str:
 _LINK = re.compile(r"^(\d+)([-?])(\d+)([SsPp]?)$")
 
 
+def turned_pharaoh(line: str) -> str:
+    """The line's links read target -> source (`j-i` for `i-j`), each keeping its kind."""
+    return " ".join(_LINK.sub(r"\3\2\1\4", item) for item in line.split())
+
+
 def read_pharaoh(line: str, where: str = "") -> tuple[set[Link], set[Link]]:
     """Sure and possible links of one line. Read forms: `i-j` (sure), `i-jS` (sure), `i?j`, `i-jP`, `i-jp`
     (possible). Every sure link is also possible, as AER assumes."""
