@@ -61,7 +61,8 @@ class DataConfig:
     source_word_dropout: float = bounded(0.0, low=0, below=1)
     target_word_dropout: float = bounded(0.0, low=0, below=1)
     # Bidirectional training (Ding et al. 2021): the first N optimizer steps read every training pair both ways,
-    # as given and turned round (target -> source, the same model and vocabulary), then the asked direction alone.
+    # as given and turned round (target -> source, the same model and vocabulary), then the asked direction alone
+    # from a new epoch (epochs both ways are twice as long; N at or above the run's steps: both ways throughout).
     bidirectional_steps: int = bounded(0, low=0)
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

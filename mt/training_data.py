@@ -25,7 +25,7 @@ from mt import distributed
 from mt.alignment.eflomal import INSTALL as EFLOMAL_INSTALL
 from mt.alignment.eflomal import eflomal_command
 from mt.alignment.head import LinkSource, gold_distributions, links_from_eflomal, links_from_file
-from mt.alignment.links import turned_pharaoh
+from mt.alignment.links import flipped, read_pharaoh, to_pharaoh
 from mt.config import TrainConfig, passes_per_batch
 from mt.files import InputError, write_text
 from mt.tokenizer import Tokenizer, train_or_load
@@ -40,6 +40,10 @@ class TrainingData:
         `tokenizer`: the given model's (init.from_hf), else a SentencePiece model trained on the corpus."""
         self.cfg, self.world, self.run_dir = cfg, world, run_dir
         given = tokenizer is not None
+        if given and cfg.data.bidirectional_steps > 0 and tokenizer.target_model_bytes not in (None,
+                                                                                             tokenizer.model_bytes):
+            raise InputError(f"data.bidirectional_steps={cfg.data.bidirectional_steps} turns the pairs round, which "
+                             "needs one segmentation for both languages; the imported model has two")
         if not given and cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
             raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
                              f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
@@ -77,9 +81,6 @@ class TrainingData:
         # Under bidirectional training, what its first steps read: every pair as given, then turned round.
         self.both_ways = self.both_ways_batches = None
         if cfg.data.bidirectional_steps > 0:
-            if self.tokenizer.target_sp is not self.tokenizer.sp:
-                raise InputError(f"data.bidirectional_steps={cfg.data.bidirectional_steps} turns the pairs round, "
-                                 "which needs one segmentation for both languages; the imported model has two")
             self.both_ways = datasets.concatenate_datasets([self.train, turned_round(self.train)])
             self.both_ways_batches = corpus_data.TokenBatches.for_split(
                 self.both_ways, self.batches.max_tokens, shuffle=True, seed=cfg.trainer.seed, rank=world.rank,
@@ -207,8 +208,8 @@ def turned_round(pairs: datasets.Dataset) -> datasets.Dataset:
     turned = pairs.rename_columns({a: f"{b}.turned" for a, b in sides} | {b: f"{a}.turned" for a, b in sides})
     turned = turned.rename_columns({f"{name}.turned": name for side in sides for name in side})
     if "links" in turned.column_names:
-        turned = turned.map(lambda batch: {"links": [turned_pharaoh(line) for line in batch["links"]]},
-                            batched=True)
+        turned = turned.map(lambda batch: {"links": [to_pharaoh(flipped([read_pharaoh(line)[1]])[0])
+                                                     for line in batch["links"]]}, batched=True)
     return turned
 
 

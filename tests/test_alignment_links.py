@@ -15,7 +15,6 @@ from mt.alignment.links import (
     read_pharaoh,
     select_heads,
     to_pharaoh,
-    turned_pharaoh,
     word_index,
 )
 
@@ -65,14 +64,6 @@ def test_pharaoh_forms_for_sure_and_possible_links():
     assert possible == {(0, 0), (1, 2), (2, 3), (3, 4), (4, 5)}
     with pytest.raises(ValueError, match="gold:3: '1p3' is not a link"):
         read_pharaoh("0-0 1p3", "gold:3")
-
-
-def test_a_turned_pharaoh_line_reads_each_link_target_to_source_and_keeps_its_kind():
-    line = "0-0 1-2S 2?3 3-4p 4-5P 12-7"
-    turned = turned_pharaoh(line)
-    assert turned == "0-0 2-1S 3?2 4-3p 5-4P 7-12"
-    assert read_pharaoh(turned) == tuple({(j, i) for i, j in links} for links in read_pharaoh(line))
-    assert turned_pharaoh(turned) == line and turned_pharaoh("") == ""
 
 
 GOLD = "0-0 1-1 2?2 1-3p\n0-0\n\n"

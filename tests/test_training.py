@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, composed, corpus_overrides, multi30k_lines, shipped_links, train_cli, write_pair
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mt.alignment.head import AlignmentTrainingConfig
+from mt.alignment.head import AlignmentTrainingConfig, gold_distributions
 from mt.alignment.links import read_pharaoh
 from mt.checkpoint import load_checkpoint
 from mt.commands.train import run
@@ -169,15 +169,16 @@ def test_word_dropout_puts_unk_in_the_inputs_only_at_its_rate_and_a_resumed_run_
         assert torch.equal(resumed.src, uninterrupted.src) and torch.equal(resumed.tgt_in, uninterrupted.tgt_in)
 
 
-def test_bidirectional_steps_read_every_pair_both_ways_then_the_asked_direction_from_a_new_epoch(small_corpus,
-                                                                                                   tmp_path):
-    both_ways_steps = 50  # 600 pairs both ways make ~46 batches: the steps both ways end inside the second epoch
+@pytest.mark.parametrize("sampling_alpha", [0.0, 0.5])
+def test_bidirectional_steps_read_every_pair_both_ways_then_the_asked_direction_from_a_new_epoch(
+        small_corpus, tmp_path, sampling_alpha):
+    both_ways_steps = 60  # 600 pairs both ways make 49-53 batches: the steps both ways end inside the second epoch
     cfg = TrainConfig(data=DataConfig(train=small_corpus["train"], dev=small_corpus["dev"], batch_tokens=600,
                                       cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300),
-                                      bidirectional_steps=both_ways_steps),
+                                      sampling_alpha=sampling_alpha, bidirectional_steps=both_ways_steps),
                       align=AlignmentTrainingConfig(**shipped_links(small_corpus)))
     training = TrainingData(cfg, World(), tmp_path, aligning=True)
-    pairs, both_ways = training.train, training.both_ways
+    pairs, both_ways, decode = training.train, training.both_ways, training.tokenizer.decode
     assert len(both_ways) == 2 * len(pairs) == 600
     for i in (0, 7, 299):
         given, turned = both_ways[i], both_ways[len(pairs) + i]
@@ -185,6 +186,13 @@ def test_bidirectional_steps_read_every_pair_both_ways_then_the_asked_direction_
         assert (turned["src_ids"], turned["tgt_ids"]) == (given["tgt_ids"], given["src_ids"])
         assert (turned["src_len"], turned["tgt_len"]) == (given["tgt_len"], given["src_len"])
         assert read_pharaoh(turned["links"])[1] == {(j, i) for i, j in read_pharaoh(given["links"])[1]}
+    # A turned pair's gold rows are its turned links': the head learns the turned direction's alignment.
+    turned_rows = list(range(len(pairs), len(pairs) + 6))
+    batch = training.batch(turned_rows, both_ways=True)
+    rows = both_ways.select(turned_rows)
+    assert torch.equal(batch.alignment, gold_distributions(rows["src_ids"], rows["tgt_ids"], rows["links"],
+                                                           training.tokenizer, batch.src.size(1),
+                                                           batch.tgt_in.size(1), cfg.align.null))
 
     def read(position, steps: int) -> list:
         """The batches of `steps` optimizer steps from `position`, as the trainer takes them."""
@@ -194,30 +202,29 @@ def test_bidirectional_steps_read_every_pair_both_ways_then_the_asked_direction_
             position.step += 1
         return batches
 
-    def rows(batch) -> set:
-        return {(tuple(src[src.ne(0)][:-1].tolist()), tuple(tgt[tgt.ne(0)][:-1].tolist()))
-                for src, tgt in zip(batch.src, batch.tgt_out)}
+    def texts(batch) -> set:  # (source, target) of each row, whichever way it was segmented
+        return set(zip(decode([row[row.ne(0)][:-1].tolist() for row in batch.src]),
+                       decode([row[row.ne(0)][:-1].tolist() for row in batch.tgt_out])))
 
-    given = {(tuple(row["src_ids"]), tuple(row["tgt_ids"])) for row in pairs}
+    given = set(zip(decode(pairs[:]["src_ids"]), decode(pairs[:]["tgt_ids"])))
     turned = {(tgt, src) for src, tgt in given}
     uninterrupted = SimpleNamespace(epoch=0, batch_in_epoch=0, step=0)
     first = read(uninterrupted, both_ways_steps)
     assert uninterrupted.epoch == 1  # the steps both ways read more than one epoch of them
-    read_first = set().union(*map(rows, first))
+    read_first = set().union(*map(texts, first))
     assert read_first <= given | turned and read_first & given and read_first & turned
     # The asked direction starts a new epoch where the steps both ways end, and reads nothing else.
     stopped_at = (uninterrupted.epoch, uninterrupted.batch_in_epoch)
     after = read(uninterrupted, 8)
-    assert uninterrupted.epoch == 2 and all(rows(batch) <= given for batch in after)
-    assert [rows(batch) for batch in after] == [rows(training.batch(indices)) for indices in training.epoch(2)[0][:8]]
-    # The gold links of a turned pair are its own: the head learns the turned direction's alignment.
-    for batch in first:
-        assert batch.alignment is not None and batch.alignment.size(1) == batch.tgt_in.size(1)
+    assert uninterrupted.epoch == 2 and all(texts(batch) <= given for batch in after)
+    order, segmentation = training.epoch(2)
+    assert [texts(batch) for batch in after] == [texts(training.batch(indices, segmentation))
+                                                 for indices in order[:8]]
     # Resumed from a checkpoint of either phase, a run reads what the uninterrupted one read.
     resumed = read(SimpleNamespace(epoch=stopped_at[0], batch_in_epoch=stopped_at[1], step=both_ways_steps), 8)
-    assert [rows(batch) for batch in resumed] == [rows(batch) for batch in after]
+    assert [texts(batch) for batch in resumed] == [texts(batch) for batch in after]
     again = read(SimpleNamespace(epoch=0, batch_in_epoch=5, step=5), both_ways_steps - 5 + 8)
-    assert [rows(batch) for batch in again] == [rows(batch) for batch in first[5:] + after]
+    assert [texts(batch) for batch in again] == [texts(batch) for batch in first[5:] + after]
 
 
 # Samples epoch 0 of the pickled config CFG in a process of its own and pickles what it sampled into OUT.

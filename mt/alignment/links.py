@@ -154,16 +154,16 @@ def select_heads(attention: Tensor, layer: int, head: int | None) -> Tensor:
     return weights.mean(dim=0) if head is None else weights[head]
 
 
+def flipped(links: list[set[Link]]) -> list[set[Link]]:
+    """Links of a target -> source model (or pair) as (source word, target word), and back."""
+    return [{(i, j) for j, i in pair} for pair in links]
+
+
 def to_pharaoh(links: list[Link]) -> str:
     return " ".join(f"{i}-{j}" for i, j in sorted(links))
 
 
 _LINK = re.compile(r"^(\d+)([-?])(\d+)([SsPp]?)$")
-
-
-def turned_pharaoh(line: str) -> str:
-    """The line's links read target -> source (`j-i` for `i-j`), each keeping its kind."""
-    return " ".join(_LINK.sub(r"\3\2\1\4", item) for item in line.split())
 
 
 def read_pharaoh(line: str, where: str = "") -> tuple[set[Link], set[Link]]:

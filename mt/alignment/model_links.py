@@ -20,6 +20,7 @@ from mt.alignment.links import (
     SYMMETRIZE,
     Link,
     Symmetrize,
+    flipped,
     hard_links,
     last_word,
     mean_per_word,
@@ -200,8 +201,3 @@ def directed_links(settings: LinkSettings, forward: Optional[list[set[Link]]], r
         symmetrize = SYMMETRIZE[settings.symmetrize.value]
         return [symmetrize(f, r) for f, r in zip(forward, backward, strict=True)]
     return forward if settings.direction == Direction.forward else backward
-
-
-def flipped(links: list[set[Link]]) -> list[set[Link]]:
-    """Links of a target -> source model as (source word, target word)."""
-    return [{(i, j) for j, i in pair} for pair in links]
