@@ -1,7 +1,8 @@
 """Speed and memory, side by side on identical batches of the shipped Multi30k data.
 
 Training: target tokens/s of one step (forward, loss, backward, Adam) of our Transformer against the same model
-built from torch.nn.Transformer, both in float32, and of ours in bf16 autocast where the hardware has bf16.
+built from torch.nn.Transformer, both in float32, and of ours in bf16 autocast where the hardware has bf16; with
+--fairseq-python, against fairseq's step on the same model and batches too (scripts/bench_fairseq.py).
 Decoding: beam-5 sentences/s of our beam search with the key/value cache, without it, and of CTranslate2 in
 float32 running an exported copy of the same weights (when ctranslate2 and mt/ctranslate2_export.py are there).
 Each contestant runs in a process of its own, set up once; repetitions are interleaved (A, B, C, A, B, C, ...)
@@ -11,6 +12,7 @@ after the no-cache search had run, 10-20% slower. The peak memory of each is its
 on CUDA torch's peak allocation).
 
     python scripts/bench.py [--quick] [--device auto|cpu|cuda] [--model tiny|small|base] [--checkpoint CKPT]
+                            [--fairseq-python PYTHON]
 
 Decoding needs a trained model: a random one may end every sentence at once or run each to the length limit.
 With --checkpoint the bench decodes (and trains, and tokenizes) with that model's dimensions and vocabulary;
@@ -29,6 +31,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "multi30k"
 SEARCH = SearchSettings()  # translate.py's defaults (beam size, length penalty, length limits)
 LABEL_SMOOTHING, LR = 0.1, 5e-4
+FAIRSEQ = "train:fairseq"  # its contestants' keys start so
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sentences", type=int, help="test_2016 sentences to decode (default 1000, --quick 100)")
     p.add_argument("--train-steps", type=int, help="without --checkpoint: steps to train the decoding model "
                    "(default 300, --quick none beyond the timed ones)")
+    p.add_argument("--fairseq-python", metavar="PYTHON", help="an interpreter where fairseq imports: fairseq's "
+                   "step on the same model and batches races ours (scripts/bench_fairseq.py; CPU only)")
     p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: be one contestant, in a child process
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -271,11 +277,36 @@ def be_contestant(args) -> None:
     serve(contestant.run, device)
 
 
-def run_race(specs: dict[str, dict], reps: int, workdir: Path):
-    """Race the contestants of `specs` (key -> settings), each in a process of this script."""
+def run_race(specs: dict[str, dict], reps: int, workdir: Path, fairseq_python: str | None = None):
+    """Race the contestants of `specs` (key -> settings), each in a process of this script, but fairseq's: of
+    scripts/bench_fairseq.py, run by `fairseq_python`."""
     (workdir / "contestants.json").write_text(json.dumps(specs))
-    command = [sys.executable, __file__, *sys.argv[1:], "--workdir", str(workdir)]
-    return race(list(specs), command, reps, workdir)
+    ours = [sys.executable, __file__, *sys.argv[1:], "--workdir", str(workdir)]
+    fairseq = [str(fairseq_python), str(ROOT / "scripts" / "bench_fairseq.py"), "--workdir", str(workdir)]
+    return race({key: fairseq if key.startswith(FAIRSEQ) else ours for key in specs}, reps, workdir)
+
+
+# ---------------------------------------------------------------- fairseq
+
+def check_fairseq(python: str) -> None:
+    """Stop in one line unless fairseq imports under `python`."""
+    try:
+        done = subprocess.run([python, "-c", "import fairseq.trainer"], capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"bench: --fairseq-python {python}: {e.strerror}")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        sys.exit(f"bench: --fairseq-python {python}: fairseq does not import there ({last})")
+
+
+def hand_to_fairseq(cfg: ModelConfig, batches: list[Batch], workdir: Path) -> None:
+    """What scripts/bench_fairseq.py builds its contestant from: the model, the loss's and Adam's settings, and
+    the very batches ours trains on."""
+    spec = {"vocab_size": cfg.vocab_size, "model": dataclasses.asdict(cfg), "label_smoothing": LABEL_SMOOTHING,
+            "lr": LR}
+    (workdir / "fairseq.json").write_text(json.dumps(spec))
+    torch.save([{"src": b.src, "tgt_in": b.tgt_in, "tgt_out": b.tgt_out, "pad_id": b.pad_id} for b in batches],
+               workdir / "batches.pt")
 
 
 # ---------------------------------------------------------------- CTranslate2
@@ -308,6 +339,11 @@ def main() -> None:
     if args.serve:
         return be_contestant(args)
     device = select_device(args.device)
+    if args.fairseq_python:
+        if device.type != "cpu":
+            sys.exit("bench: --fairseq-python races on the CPU only (bench_fairseq.py builds fairseq with --cpu): "
+                     "add --device cpu")
+        check_fairseq(args.fairseq_python)
     low = select_precision("auto", device)  # what translate.py and training use by default
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     laps = [("start", time.perf_counter())]
@@ -330,10 +366,13 @@ def main() -> None:
 
     names = ["ours fp32", "torch reference fp32"] + [f"ours {low}"] * (low != "fp32") + [
         f"ours {low} torch dropout", f"ours {low} for-loop adam"]
-    trained = run_race({f"train:{name}": dict(precision=name.split()[1] if name.startswith("ours") else "fp32",
-                                              torch_dropout=name.endswith("torch dropout"),
-                                              loop_adam=name.endswith("for-loop adam")) for name in names},
-                       args.reps, workdir)
+    specs = {f"train:{name}": dict(precision=name.split()[1] if name.startswith("ours") else "fp32",
+                                   torch_dropout=name.endswith("torch dropout"),
+                                   loop_adam=name.endswith("for-loop adam")) for name in names}
+    if args.fairseq_python:
+        hand_to_fairseq(cfg, batches, workdir)
+        specs[f"{FAIRSEQ} fp32"] = {}  # fairseq's only precision on a CPU (bench_fairseq.py)
+    trained = run_race(specs, args.reps, workdir, args.fairseq_python)
     train_rate = {name: tokens / s for name, s in trained.seconds.items()}
     laps.append(("training", time.perf_counter()))
 
@@ -411,6 +450,10 @@ def main() -> None:
         "train_speedup_vs_torch_dropout": ratio(train_rate[f"ours {low}"], train_rate[f"ours {low} torch dropout"]),
         # against torch's for-loop Adam, the optimizer's CPU default, which training ran until issue 22
         "train_speedup_vs_loop_adam": ratio(train_rate[f"ours {low}"], train_rate[f"ours {low} for-loop adam"]),
+        # against fairseq's step on the same model and batches (--fairseq-python): in float32 both, and ours in
+        # its default precision against float32, fairseq's only one on a CPU
+        "train_speedup_vs_fairseq": ratio(train_rate["ours fp32"], train_rate.get("fairseq fp32")),
+        "train_default_vs_fairseq": ratio(train_rate[f"ours {low}"], train_rate.get("fairseq fp32")),
         "decode_cache_speedup": ratio(decode_rate[f"ours cache {low}"], no_cache),
         "decode_vs_ctranslate2": ratio(decode_rate[f"ours cache {low}"], ct2),
         "decode_fp32_vs_ctranslate2": ratio(decode_rate["ours cache fp32"], ct2),

@@ -1,11 +1,11 @@
 """Timing contestants side by side, each in a process of its own, in turns: the harness of scripts/bench.py.
 
-A contestant's process is the benchmark script itself, started with `--serve KEY`: it sets up once, answers
-"ready", then times one pass per "run" line on its stdin and answers with the seconds, its result and its peak
-memory. The parent starts them one after another, warms each up with a pass, then runs the timed passes
-interleaved (A, B, C, A, B, C, ...), one process working at a time. Separate processes keep contestants from
-slowing each other: in one process, a live CTranslate2 translator slows our decoding, and the heap left by one
-search slows the next (docs/benchmark.md).
+A contestant's process is a benchmark script (the one racing, or bench_fairseq.py under fairseq's interpreter),
+started with `--serve KEY`: it sets up once, answers "ready", then times one pass per "run" line on its stdin and
+answers with the seconds, its result and its peak memory. The parent starts them one after another, warms each
+up with a pass, then runs the timed passes interleaved (A, B, C, A, B, C, ...), one process working at a time.
+Separate processes keep contestants from slowing each other: in one process, a live CTranslate2 translator slows
+our decoding, and the heap left by one search slows the next (docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ class RaceResult:
     memory: dict[str, dict[str, float]]  # each one's peak after set-up ("before") and in all ("peak"), MiB
 
 
-def race(keys: list[str], command: list[str], reps: int, workdir: Path) -> RaceResult:
-    """Start a process per contestant (set up one after another), warm each up with one pass, then time `reps`
-    interleaved passes, one process working at a time; the others wait on their input."""
-    contestants = [Contestant(key, command, workdir) for key in keys]
+def race(commands: dict[str, list[str]], reps: int, workdir: Path) -> RaceResult:
+    """Start a process per contestant (key -> its command; set up one after another), warm each up with one pass,
+    then time `reps` interleaved passes, one process working at a time; the others wait on their input."""
+    contestants = [Contestant(key, command, workdir) for key, command in commands.items()]
     results = {c.name: c.run()["result"] for c in contestants}
     seconds = {c.name: [] for c in contestants}
     for _ in range(reps):

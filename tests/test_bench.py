@@ -67,3 +67,17 @@ def test_bench_step_reports_the_real_trainers_speed_and_where_its_time_goes(smal
     shares = figures["profiled_share_percent"]
     assert sum(shares.values()) == pytest.approx(100, abs=0.5) and shares["matrix products"] > 0
     assert figures["ms_per_step"] == pytest.approx(1000 / figures["steps_per_s"], rel=1e-2)
+
+
+@pytest.mark.parametrize("interpreter", ["ours", "missing"])
+def test_bench_refuses_a_fairseq_interpreter_it_cannot_use_in_one_line(tmp_path, interpreter):
+    # fairseq does not import on this project's Python 3.11 (docs/benchmark.md), nor is it a dependency.
+    python = sys.executable if interpreter == "ours" else str(tmp_path / "no-such-python")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--fairseq-python", python],
+                          capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp_path)}, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bench: --fairseq-python {python}: "), done.stderr
+    assert ("fairseq does not import there (ModuleNotFoundError" if interpreter == "ours"
+            else "No such file or directory") in lines[0]
+    assert not list(tmp_path.glob("bench-*"))
