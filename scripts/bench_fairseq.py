@@ -2,11 +2,11 @@
 where fairseq imports, never by ours (fairseq's last release does not import on Python 3.11: docs/benchmark.md).
 
 It builds the bench's model with fairseq's own code, from the options fairseq-train takes (a `transformer` with the
-same dimensions, pre-norm, all embeddings shared, dropout only on embeddings and sublayer outputs), its label-smoothed
-loss and its Adam (on a CPU, fairseq's own for-loop: its fused Adam is CUDA's), and times one pass over the bench's
-batches as bench.py times ours: forward, loss, backward, optimizer step. In float32 only: fairseq's `--bf16` implies
-a TPU (fairseq/options.py) and its `--fp16`/`--amp` are CUDA's. The batches are bench.py's, with the padding id
-moved to fairseq's.
+same dimensions, norms, embedding sharing and scaling, dropout only on embeddings and sublayer outputs), its
+label-smoothed loss and its Adam (on a CPU, fairseq's own for-loop: its fused Adam is CUDA's), and times one pass
+over the bench's batches as bench.py times ours: forward, loss, backward, optimizer step. In float32 only:
+fairseq's `--bf16` implies a TPU (fairseq/options.py) and its `--fp16`/`--amp` are CUDA's. The batches are
+bench.py's, with the padding id moved to fairseq's.
 
     PY scripts/bench_fairseq.py --serve "train:fairseq fp32" --workdir DIR   # started by bench.py, not by hand
 """
@@ -37,7 +37,7 @@ def fairseq_parts(spec: dict, workdir: Path):
         (data / f"dict.{lang}.txt").write_text(symbols)
     cfg = spec["model"]
     argv = [str(data), "--task", "translation", "--source-lang", "src", "--target-lang", "tgt", "--cpu",
-            "--arch", "transformer", "--share-all-embeddings",
+            "--arch", "transformer",
             "--encoder-embed-dim", str(cfg["d_model"]), "--decoder-embed-dim", str(cfg["d_model"]),
             "--encoder-ffn-embed-dim", str(cfg["ffn_dim"]), "--decoder-ffn-embed-dim", str(cfg["ffn_dim"]),
             "--encoder-attention-heads", str(cfg["n_heads"]), "--decoder-attention-heads", str(cfg["n_heads"]),
@@ -50,6 +50,10 @@ def fairseq_parts(spec: dict, workdir: Path):
             "--seed", "1"]
     if cfg["pre_norm"]:
         argv += ["--encoder-normalize-before", "--decoder-normalize-before"]
+    if cfg["tie_embeddings"]:
+        argv += ["--share-all-embeddings"]
+    if not cfg["scale_embeddings"]:
+        argv += ["--no-scale-embedding"]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     fairseq_cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(fairseq_cfg.task)
