@@ -61,6 +61,11 @@ class TrainerConfig:
     # R-Drop (Liang et al. 2021): above 0, each batch runs twice with different dropout, and this weighs the two
     # passes' symmetric KL divergence in the loss. The passes share data.batch_tokens, so a step costs about the same.
     rdrop_weight: float = bounded(0.0, low=0)
+    # Distillation from the moving average (needs ema_decay > 0; not with R-Drop): after distill_start steps each
+    # batch also runs through the averaged weights (no dropout, no gradient), and the loss becomes
+    # (1 - distill_weight) * the smoothed cross-entropy + distill_weight * KL(average || model). 0 is off.
+    distill_weight: float = bounded(0.0, low=0, below=1)
+    distill_start: int = bounded(2000, low=0)
     seed: int = 1
     device: Device = Device.auto
     precision: Precision = Precision.auto

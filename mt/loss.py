@@ -105,6 +105,36 @@ class _RDropCrossEntropy(torch.autograd.Function):
         return grad * grad_loss, None, None, None, None
 
 
+class _DistilledCrossEntropy(torch.autograd.Function):
+    """(1 - weight) times the smoothed cross-entropy plus `weight` times KL(teacher || model) per target, the
+    teacher's distribution coming from its logits; the KL's gradient is softmax(x) - teacher."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, teacher_logits: Tensor, epsilon: float, pad_id: int,
+                weight: float):
+        loss, nll_sum, kl_sum = _zero_sum(logits), _zero_sum(logits), _zero_sum(logits)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        for start in range(0, logits.size(0), ROWS_PER_BLOCK):
+            rows = slice(start, start + ROWS_PER_BLOCK)
+            block = _SmoothedBlock(logits[rows], target[rows], epsilon, pad_id, grad is not None, keep_log_probs=True)
+            teacher_log_probs = torch.log_softmax(_at_least_float32(teacher_logits[rows]), dim=-1)
+            teacher_probs = teacher_log_probs.exp()
+            kl = (teacher_probs * (teacher_log_probs - block.log_probs)).sum(-1, keepdim=True)
+            kl_sum += kl.masked_fill(~block.keep, 0.0).sum()
+            loss += (1.0 - weight) * block.loss
+            nll_sum += block.nll
+            if grad is not None:
+                grad[rows] = block.grad.mul_(1.0 - weight).add_(weight * (block.probs - teacher_probs)).mul_(block.keep)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(nll_sum, kl_sum)
+        return loss + weight * kl_sum, nll_sum, kl_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor, _grad_kl: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None, None
+
+
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor]:
     """logits (..., V), target (...). Returns the smoothed loss and the plain NLL (no gradient), both summed over
     non-pad targets. Equals torch's cross_entropy(label_smoothing=epsilon, reduction='sum', ignore_index=pad_id)."""
@@ -122,12 +152,26 @@ def rdrop_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: 
     return _RDropCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), epsilon, pad_id, weight)
 
 
-def translation_loss(logits: Tensor, target: Tensor, epsilon: float, pad_id: int,
-                     rdrop_weight: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Training's loss: R-Drop's when `rdrop_weight` > 0 (logits and targets hold the batch twice), else the
-    smoothed cross-entropy alone. Returns the loss, the NLL and R-Drop's KL (0 without it), summed."""
+def distilled_cross_entropy(logits: Tensor, target: Tensor, teacher_logits: Tensor, epsilon: float, pad_id: int,
+                            weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Word-level distillation (Hinton et al. 2015; Kim and Rush 2016): logits and teacher_logits (..., V) over
+    the same targets (...). Returns (1 - weight) * the smoothed loss + weight * KL(teacher || model), the NLL and
+    the KL (no gradient to either), all summed over non-pad targets. The teacher gets no gradient."""
+    vocab = logits.size(-1)
+    return _DistilledCrossEntropy.apply(logits.reshape(-1, vocab), target.reshape(-1),
+                                        teacher_logits.detach().reshape(-1, vocab), epsilon, pad_id, weight)
+
+
+def translation_loss(logits: Tensor, target: Tensor, epsilon: float, pad_id: int, rdrop_weight: float,
+                     teacher_logits: Tensor | None = None,
+                     distill_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Training's loss: R-Drop's when `rdrop_weight` > 0 (logits and targets hold the batch twice), distillation's
+    when `teacher_logits` are given, else the smoothed cross-entropy alone. Returns the loss, the NLL and the KL
+    (R-Drop's between its passes, or the teacher's; 0 without either), summed."""
     if rdrop_weight > 0:
         return rdrop_cross_entropy(logits, target, epsilon, pad_id, rdrop_weight)
+    if teacher_logits is not None:
+        return distilled_cross_entropy(logits, target, teacher_logits, epsilon, pad_id, distill_weight)
     loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, pad_id)
     return loss, nll, torch.zeros_like(nll)
 

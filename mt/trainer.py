@@ -8,6 +8,7 @@ rank 0 alone evaluates and writes the run directory, and tells the others whethe
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -34,7 +35,7 @@ from mt.checkpoint import (
     random_state,
     restore_random_state,
 )
-from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, passes_per_batch
+from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, TrainerConfig, passes_per_batch
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
@@ -94,6 +95,15 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return min(limits)
 
 
+def check_distillation(trainer: TrainerConfig) -> None:
+    """Distillation's teacher is the moving average, and its loss is not R-Drop's."""
+    if trainer.distill_weight > 0 and trainer.ema_decay == 0:
+        raise InputError(f"trainer.distill_weight={trainer.distill_weight} distills from the moving average: "
+                         "set trainer.ema_decay above 0")
+    if trainer.distill_weight > 0 and trainer.rdrop_weight > 0:
+        raise InputError("trainer.distill_weight and trainer.rdrop_weight: use one of the two")
+
+
 def with_imported_model(cfg: TrainConfig, world: distributed.World) -> tuple[TrainConfig, Imported | None]:
     """With init.from_hf: that model, and `cfg` with its architecture (the dropout rates stay cfg's)."""
     if not cfg.init.from_hf:
@@ -116,6 +126,7 @@ def build_model(cfg: ModelConfig, tokenizer: Tokenizer, imported: Imported | Non
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
+        check_distillation(cfg.trainer)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.world, self.device = distributed.join(select_device(cfg.trainer.device))
@@ -143,6 +154,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.teacher = None  # the moving average's copy that distillation runs (trainer.distill_weight)
         self.validation = Validation(self.model, self.tokenizer, t, self.device, self.precision)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_bleu, self.stale_evals = -1.0, 0
@@ -214,6 +226,7 @@ class Trainer:
         passes, tokens = passes_per_batch(t), sum(b.target_tokens for b in batches)
         all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0] * passes
         total_loss = total_nll = total_alignment = total_kl = 0.0
+        distilling = t.distill_weight > 0 and self.step >= t.distill_start
         for i, batch in enumerate(batches):
             batch = batch.to(self.device) if passes == 1 else batch.to(self.device).twice()
             # Gradients are exchanged once, with the last batch's backward.
@@ -222,8 +235,9 @@ class Trainer:
                 head = self.alignment_head if batch.alignment is not None else None
                 with self.autocast():
                     out = self.replicas(batch.src, batch.tgt_in, **(head.pass_arguments() if head else {}))
+                teacher = self._teacher_logits(batch) if distilling else None
                 loss, nll, kl = translation_loss(out.logits, batch.tgt_out, t.label_smoothing, self.model_cfg.pad_id,
-                                                 t.rdrop_weight)
+                                                 t.rdrop_weight, teacher, t.distill_weight)
                 if head is not None:
                     aligned = alignment_loss(head.weights(out), batch.alignment)
                     loss = loss + self.cfg.align.weight * aligned
@@ -238,7 +252,18 @@ class Trainer:
             self.ema.update(self.model, self.step)
         per_pass = {key: float(value) / passes for key, value in
                     (("loss_sum", total_loss), ("nll_sum", total_nll), ("alignment_sum", total_alignment))}
-        return {**per_pass, "rdrop_kl_sum": float(total_kl), "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+        kl_sums = {"rdrop_kl_sum": 0.0, "distill_kl_sum": 0.0, "distill_kl_sum" if distilling else "rdrop_kl_sum":
+                   float(total_kl)}
+        return {**per_pass, **kl_sums, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: corpus_data.Batch) -> torch.Tensor:
+        """The moving average's logits for `batch`, without dropout: the distillation teacher."""
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        torch._foreach_copy_([p for _, p in self.teacher.named_parameters()], self.ema.weights)
+        with self.autocast():
+            return self.teacher(batch.src, batch.tgt_in).logits
 
     # ------------------------------------------------------------ evaluation
 

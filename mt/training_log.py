@@ -15,7 +15,8 @@ from tqdm import tqdm
 from mt import distributed
 from mt.hardware import resident_memory_mb
 
-SUMS = ("loss_sum", "nll_sum", "alignment_sum", "rdrop_kl_sum", "tokens")  # summed over the steps between two reports
+# summed over the steps between two reports
+SUMS = ("loss_sum", "nll_sum", "alignment_sum", "rdrop_kl_sum", "distill_kl_sum", "tokens")
 
 
 class TrainingLog:
@@ -56,6 +57,8 @@ class TrainingLog:
                 scalars["alignment_loss"] = sums["alignment_sum"] / tokens
             if sums["rdrop_kl_sum"]:  # R-Drop's divergence between its two passes, per target token
                 scalars["rdrop_kl"] = sums["rdrop_kl_sum"] / tokens
+            if sums["distill_kl_sum"]:  # KL(moving average || weights), per target token
+                scalars["distill_kl"] = sums["distill_kl_sum"] / tokens
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=epoch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mt.loss import ROWS_PER_BLOCK, label_smoothed_cross_entropy, rdrop_cross_entropy
+from mt.loss import ROWS_PER_BLOCK, distilled_cross_entropy, label_smoothed_cross_entropy, rdrop_cross_entropy
 
 PAD = 0
 
@@ -124,3 +124,45 @@ def test_rdrop_gradcheck():
     logits = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([[1, 2, PAD], [5, 3, 4]]).repeat(2, 1)
     assert torch.autograd.gradcheck(lambda x: rdrop_cross_entropy(x, target, 0.1, PAD, 2.0)[0], (logits,))
+
+
+def distillation_reference(logits, target, teacher_logits, epsilon, weight):
+    """(1 - weight) * torch's smoothed cross-entropy + weight * torch's KL(teacher || model), pad rows dropped."""
+    keep = target.ne(PAD)
+    smoothed = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=epsilon, reduction="sum")
+    kl = F.kl_div(F.log_softmax(logits[keep], -1), F.log_softmax(teacher_logits[keep], -1), log_target=True,
+                  reduction="sum")
+    return (1 - weight) * smoothed + weight * kl, kl
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("seed", range(2))
+def test_distillation_loss_and_gradient_match_torch_in_float64(weight, seed):
+    g = torch.Generator().manual_seed(seed)
+    rows, vocab = ROWS_PER_BLOCK + 29, 17  # two blocks, the second partial
+    logits = (torch.randn(rows, vocab, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    teacher = torch.randn(rows, vocab, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(1, vocab, (rows,), generator=g)
+    target[::4] = PAD
+
+    loss, nll, kl = distilled_cross_entropy(logits, target, teacher, 0.2, PAD, weight)
+    expected, expected_kl = distillation_reference(logits, target, teacher, 0.2, weight)
+    expected_nll = F.cross_entropy(logits, target, ignore_index=PAD, reduction="sum")
+    torch.testing.assert_close(loss.double(), expected)
+    torch.testing.assert_close(nll.double(), expected_nll)
+    torch.testing.assert_close(kl.double(), expected_kl)
+
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    assert torch.all(grad[target == PAD] == 0)
+
+
+def test_distilling_from_the_model_itself_adds_no_divergence():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    target = torch.randint(1, 9, (6,), generator=g)
+    loss, _, kl = distilled_cross_entropy(logits, target, logits.clone(), 0.1, PAD, 0.5)
+    plain, _ = label_smoothed_cross_entropy(logits, target, 0.1, PAD)
+    assert float(kl) == pytest.approx(0.0, abs=1e-12)
+    torch.testing.assert_close(loss.double(), 0.5 * plain.double())

@@ -440,3 +440,29 @@ def test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_trains_on_its_
     divergences = [event.value for event in events.Scalars("train/rdrop_kl")]
     assert divergences and all(value > 0 for value in divergences)
     assert "train/rdrop_kl" not in EventAccumulator(str(tmp_path / "dropped" / "tb")).Reload().Tags()["scalars"]
+
+
+def test_distillation_from_the_moving_average_trains_on_its_divergence(small_corpus, tmp_path):
+    """Distillation's teacher is the moving average without dropout. Where the average is the weights themselves
+    (a decay of ~0) and nothing drops out, teacher and model agree: the divergence is 0 and the step is the plain
+    one with the cross-entropy weighed (1 - distill_weight), which Adam's normalized update leaves where it was.
+    With dropout they differ, the divergence is logged, and the weights go elsewhere. Before distill_start the run
+    is the plain run, bit for bit."""
+    def config(dropout, distill_weight, distill_start=0):
+        cfg = tiny_config(small_corpus, tmp_path, ema_decay=1e-9, distill_weight=distill_weight,
+                          distill_start=distill_start, clip_norm=0.0, precision="fp32")
+        cfg.model.dropout = dropout
+        return cfg
+
+    name = "decoder.0.ffn.0.weight"
+    plain = final_state(config(0.0, 0.0), tmp_path / "plain")["model"][name]
+    agreeing = final_state(config(0.0, 0.5), tmp_path / "agreeing")["model"][name]
+    torch.testing.assert_close(agreeing, plain, rtol=1e-3, atol=1e-5)
+    dropped = final_state(config(0.3, 0.0), tmp_path / "dropped")["model"][name]
+    distilled = final_state(config(0.3, 0.5), tmp_path / "distilled")["model"][name]
+    assert not torch.allclose(distilled, dropped, rtol=1e-3, atol=1e-4)
+    divergences = [event.value for event in
+                   EventAccumulator(str(tmp_path / "distilled" / "tb")).Reload().Scalars("train/distill_kl")]
+    assert divergences and all(value > 0 for value in divergences)
+    late = final_state(config(0.3, 0.5, distill_start=3), tmp_path / "late")["model"][name]
+    assert torch.equal(late, dropped)
