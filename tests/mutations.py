@@ -71,6 +71,15 @@ MUTATIONS = [
     Mutation("rdrop-normalized-by-one-pass", "mt/trainer.py", "self.device)[0] * passes", "self.device)[0]",
              ("tests/test_training.py::test_rdrop_without_dropout_is_the_plain_step_and_with_dropout_trains_on_its"
               "_divergence",)),
+    Mutation("distill-kl-gradient-sign", "mt/loss.py", "weight * (block.probs - teacher_probs)",
+             "weight * (teacher_probs - block.probs)", ("tests/test_loss.py",)),
+    Mutation("distill-teacher-never-updated", "mt/trainer.py", "        if self.teacher is None:\n"
+             "            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
+             "        torch._foreach_copy_(",
+             "        if self.teacher is None:\n"
+             "            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
+             "        if False:\n            torch._foreach_copy_(",
+             ("tests/test_training.py::test_distillation_from_the_moving_average_trains_on_its_divergence",)),
 ]
 
 

@@ -466,3 +466,15 @@ def test_distillation_from_the_moving_average_trains_on_its_divergence(small_cor
     assert divergences and all(value > 0 for value in divergences)
     late = final_state(config(0.3, 0.5, distill_start=3), tmp_path / "late")["model"][name]
     assert torch.equal(late, dropped)
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ({"distill_weight": 0.5, "ema_decay": 0.0}, "trainer.distill_weight=0.5 distills from the moving average"),
+    ({"distill_weight": 0.5, "rdrop_weight": 1.0}, "trainer.distill_weight and trainer.rdrop_weight"),
+])
+def test_distillation_without_a_moving_average_or_with_rdrop_is_refused_before_reading_anything(
+        small_corpus, tmp_path, trainer, expected):
+    with pytest.raises(InputError) as error:
+        run(tiny_config(small_corpus, tmp_path, **trainer), tmp_path / "run")
+    assert str(error.value).startswith(expected)
+    assert not (tmp_path / "cache").exists()  # no corpus read, no SentencePiece trained
