@@ -8,7 +8,6 @@ rank 0 alone evaluates and writes the run directory, and tells the others whethe
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import json
@@ -35,7 +34,8 @@ from mt.checkpoint import (
     random_state,
     restore_random_state,
 )
-from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, TrainerConfig, passes_per_batch
+from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, passes_per_batch
+from mt.distillation import MovingAverageTeacher
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
@@ -95,15 +95,6 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return min(limits)
 
 
-def check_distillation(trainer: TrainerConfig) -> None:
-    """Distillation's teacher is the moving average, and its loss is not R-Drop's."""
-    if trainer.distill_weight > 0 and trainer.ema_decay == 0:
-        raise InputError(f"trainer.distill_weight={trainer.distill_weight} distills from the moving average: "
-                         "set trainer.ema_decay above 0")
-    if trainer.distill_weight > 0 and trainer.rdrop_weight > 0:
-        raise InputError("trainer.distill_weight and trainer.rdrop_weight: use one of the two")
-
-
 def with_imported_model(cfg: TrainConfig, world: distributed.World) -> tuple[TrainConfig, Imported | None]:
     """With init.from_hf: that model, and `cfg` with its architecture (the dropout rates stay cfg's)."""
     if not cfg.init.from_hf:
@@ -126,7 +117,6 @@ def build_model(cfg: ModelConfig, tokenizer: Tokenizer, imported: Imported | Non
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path):
-        check_distillation(cfg.trainer)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.world, self.device = distributed.join(select_device(cfg.trainer.device))
@@ -154,10 +144,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.teacher = None  # the moving average's copy that distillation runs (trainer.distill_weight)
+        self.teacher = MovingAverageTeacher(self.model, self.ema, self.autocast, t)
         self.validation = Validation(self.model, self.tokenizer, t, self.device, self.precision)
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.best_bleu, self.stale_evals = -1.0, 0
+        self.step, self.epoch, self.batch_in_epoch, self.best_bleu, self.stale_evals = 0, 0, 0, -1.0, 0
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
                  sum(p.numel() for p in self.model.parameters()) / 1e6, self.device, self.precision,
                  f", {self.world.size} processes" if self.world.active else "", peak_memory_mb())
@@ -226,7 +215,6 @@ class Trainer:
         passes, tokens = passes_per_batch(t), sum(b.target_tokens for b in batches)
         all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0] * passes
         total_loss = total_nll = total_alignment = total_kl = 0.0
-        distilling = t.distill_weight > 0 and self.step >= t.distill_start
         for i, batch in enumerate(batches):
             batch = batch.to(self.device) if passes == 1 else batch.to(self.device).twice()
             # Gradients are exchanged once, with the last batch's backward.
@@ -235,9 +223,8 @@ class Trainer:
                 head = self.alignment_head if batch.alignment is not None else None
                 with self.autocast():
                     out = self.replicas(batch.src, batch.tgt_in, **(head.pass_arguments() if head else {}))
-                teacher = self._teacher_logits(batch) if distilling else None
                 loss, nll, kl = translation_loss(out.logits, batch.tgt_out, t.label_smoothing, self.model_cfg.pad_id,
-                                                 t.rdrop_weight, teacher, t.distill_weight)
+                                                 t.rdrop_weight, self.teacher(self.step, batch), t.distill_weight)
                 if head is not None:
                     aligned = alignment_loss(head.weights(out), batch.alignment)
                     loss = loss + self.cfg.align.weight * aligned
@@ -252,18 +239,7 @@ class Trainer:
             self.ema.update(self.model, self.step)
         per_pass = {key: float(value) / passes for key, value in
                     (("loss_sum", total_loss), ("nll_sum", total_nll), ("alignment_sum", total_alignment))}
-        kl_sums = {"rdrop_kl_sum": 0.0, "distill_kl_sum": 0.0, "distill_kl_sum" if distilling else "rdrop_kl_sum":
-                   float(total_kl)}
-        return {**per_pass, **kl_sums, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
-
-    @torch.no_grad()
-    def _teacher_logits(self, batch: corpus_data.Batch) -> torch.Tensor:
-        """The moving average's logits for `batch`, without dropout: the distillation teacher."""
-        if self.teacher is None:
-            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
-        torch._foreach_copy_([p for _, p in self.teacher.named_parameters()], self.ema.weights)
-        with self.autocast():
-            return self.teacher(batch.src, batch.tgt_in).logits
+        return {**per_pass, "kl_sum": float(total_kl), "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
 
     # ------------------------------------------------------------ evaluation
 
@@ -294,7 +270,7 @@ class Trainer:
         batches = self.data.stream(self)  # moves self.epoch and self.batch_in_epoch along
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and self.world.is_main),
                    unit="step", dynamic_ncols=True)
-        progress = TrainingLog(self.world, self.device, writer, bar)
+        progress = TrainingLog(self.world, self.device, writer, bar, t)
         stop_early = False
         self.model.train()
         with StopRequests() as stop:

@@ -13,15 +13,19 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mt import distributed
+from mt.config import TrainerConfig
 from mt.hardware import resident_memory_mb
 
 # summed over the steps between two reports
-SUMS = ("loss_sum", "nll_sum", "alignment_sum", "rdrop_kl_sum", "distill_kl_sum", "tokens")
+SUMS = ("loss_sum", "nll_sum", "alignment_sum", "kl_sum", "tokens")
 
 
 class TrainingLog:
-    def __init__(self, world: distributed.World, device: torch.device, writer: Optional[SummaryWriter], bar: tqdm):
+    def __init__(self, world: distributed.World, device: torch.device, writer: Optional[SummaryWriter], bar: tqdm,
+                 trainer: TrainerConfig):
         self.world, self.device, self.writer, self.bar = world, device, writer, bar
+        # the divergence a step's loss holds, where one does: distillation's or R-Drop's (never both)
+        self.kl_name = "distill_kl" if trainer.distill_weight > 0 else "rdrop_kl"
         self.tokens, self.seconds = 0.0, 0.0  # of the steps reported so far
         self._new_window()
 
@@ -55,10 +59,8 @@ class TrainingLog:
                        "tokens_per_s": speed, "memory_mb": resident_memory_mb()}
             if aligning:
                 scalars["alignment_loss"] = sums["alignment_sum"] / tokens
-            if sums["rdrop_kl_sum"]:  # R-Drop's divergence between its two passes, per target token
-                scalars["rdrop_kl"] = sums["rdrop_kl_sum"] / tokens
-            if sums["distill_kl_sum"]:  # KL(moving average || weights), per target token
-                scalars["distill_kl"] = sums["distill_kl_sum"] / tokens
+            if sums["kl_sum"]:  # per target token: R-Drop's between its two passes, or KL(moving average || weights)
+                scalars[self.kl_name] = sums["kl_sum"] / tokens
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", epoch=epoch)

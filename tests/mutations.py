@@ -73,11 +73,11 @@ MUTATIONS = [
               "_divergence",)),
     Mutation("distill-kl-gradient-sign", "mt/loss.py", "weight * (block.probs - teacher_probs)",
              "weight * (teacher_probs - block.probs)", ("tests/test_loss.py",)),
-    Mutation("distill-teacher-never-updated", "mt/trainer.py", "        if self.teacher is None:\n"
-             "            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
+    Mutation("distill-teacher-never-updated", "mt/distillation.py", "        if self.copy is None:\n"
+             "            self.copy = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
              "        torch._foreach_copy_(",
-             "        if self.teacher is None:\n"
-             "            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
+             "        if self.copy is None:\n"
+             "            self.copy = copy.deepcopy(self.model).eval().requires_grad_(False)\n"
              "        if False:\n            torch._foreach_copy_(",
              ("tests/test_training.py::test_distillation_from_the_moving_average_trains_on_its_divergence",)),
 ]
