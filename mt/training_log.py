@@ -16,8 +16,7 @@ from mt import distributed
 from mt.config import TrainerConfig
 from mt.hardware import resident_memory_mb
 
-# summed over the steps between two reports
-SUMS = ("loss_sum", "nll_sum", "alignment_sum", "kl_sum", "tokens")
+SUMS = ("loss_sum", "nll_sum", "alignment_sum", "kl_sum", "tokens")  # summed over the steps between two reports
 
 
 class TrainingLog:
