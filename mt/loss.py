@@ -46,7 +46,17 @@ def _zero_sum(logits: Tensor) -> Tensor:
     return _at_least_float32(logits.new_zeros(()))  # on the logits' device: a CPU sum would not take CUDA blocks
 
 
-class _LabelSmoothedCrossEntropy(torch.autograd.Function):
+class _GradientFromForward(torch.autograd.Function):
+    """The forward pass saves the loss's gradient with respect to the logits; the backward pass only scales it (by
+    a 0-dim float32 factor: the product keeps the gradient's dtype). No other input gets a gradient."""
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, *_grad_statistics: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, *[None] * (len(ctx.needs_input_grad) - 1)
+
+
+class _LabelSmoothedCrossEntropy(_GradientFromForward):
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int):
         loss, nll_sum = _zero_sum(logits), _zero_sum(logits)
@@ -62,13 +72,8 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
 
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None  # a 0-dim float32 factor: the product keeps grad's dtype
 
-
-class _RDropCrossEntropy(torch.autograd.Function):
+class _RDropCrossEntropy(_GradientFromForward):
     """Rows [0, n) and [n, 2n) are two dropout passes over the same targets. The loss is both passes' smoothed
     cross-entropy plus `weight` times their symmetric KL divergence, (KL(p||q) + KL(q||p)) / 2 per target; with
     d = log p - log q, that KL's gradient is (p * (d - E_p[d]) + p - q) / 2 for p's logits, and the same with
@@ -99,13 +104,8 @@ class _RDropCrossEntropy(torch.autograd.Function):
         ctx.mark_non_differentiable(nll_sum, kl_sum)
         return loss + weight * kl_sum, nll_sum, kl_sum
 
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor, _grad_kl: Tensor):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None, None
 
-
-class _DistilledCrossEntropy(torch.autograd.Function):
+class _DistilledCrossEntropy(_GradientFromForward):
     """(1 - weight) times the smoothed cross-entropy plus `weight` times KL(teacher || model) per target, the
     teacher's distribution coming from its logits; the KL's gradient is softmax(x) - teacher."""
 
@@ -128,11 +128,6 @@ class _DistilledCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(nll_sum, kl_sum)
         return loss + weight * kl_sum, nll_sum, kl_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor, _grad_kl: Tensor):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None, None, None
 
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor]:

@@ -137,6 +137,8 @@ def test_translate_refuses_a_value_out_of_range_or_an_unknown_key(override, expe
     ("model.dropout=1.5", "model.dropout=1.5: must be less than 1"),
     ("trainer.ema_decay=1", "trainer.ema_decay=1.0: must be less than 1"),
     ("trainer.label_smoothing=-0.1", "trainer.label_smoothing=-0.1: must be at least 0"),
+    ("trainer.distill_weight=1", "trainer.distill_weight=1.0: must be less than 1"),
+    ("trainer.distill_start=-1", "trainer.distill_start=-1: must be at least 0"),
     ("data.batch_tokens=-1", "data.batch_tokens=-1: must be at least 1"),
     ("data.max_len_ratio=0.5", "data.max_len_ratio=0.5: must be at least 1"),
     ("align.weight=-1", "align.weight=-1.0: must be at least 0"),
