@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
 
+import hydra
+from hydra import compose, initialize_config_module
+from hydra._internal.utils import get_args_parser  # the parser hydra.main reads the command line with
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 from mt import schema
 from mt.files import InputError
@@ -46,6 +52,54 @@ def typed(cfg: DictConfig):
         raise InputError(f"{e.full_key}: required, and not given (add {e.full_key}=...)") from None
     schema.check(settings)
     return settings
+
+
+def hydra_command(config_name: str):
+    """hydra.main over mt/configs/`config_name`.yaml, with the command line's overrides tried first: one Hydra
+    cannot apply is refused in one line, as the schema's own refusals are, where Hydra would print several."""
+
+    def decorate(task):
+        # config_path is read from the task's module, mt/commands/
+        run_by_hydra = hydra.main(config_path="../configs", config_name=config_name, version_base="1.3")(task)
+
+        @functools.wraps(task)
+        def main() -> None:
+            with one_line_errors():
+                refuse_bad_overrides(config_name, sys.argv[1:])
+            run_by_hydra()
+
+        return main
+
+    return decorate
+
+
+def refuse_bad_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the configuration as hydra.main will; InputError naming the override or key it cannot apply.
+    Sweeps (-m), other config folders and Hydra's own flags (--help, --cfg, ...) are left to Hydra."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    if (args.multirun or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+            or args.config_path or args.config_dir or args.experimental_rerun):
+        return
+    parser = OverridesParser.create()
+    for override in args.overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as e:
+            raise InputError(f"{override}: not an override Hydra can read ({str(e).splitlines()[0]})") from None
+    try:
+        with initialize_config_module("mt.configs", version_base="1.3"):
+            compose(args.config_name or config_name, overrides=args.overrides)
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        choices = f" (one of {', '.join(e.options)})" if e.options else ""
+        raise InputError(f"{group}={name}: no such configuration{choices}" if group else
+                         str(e).splitlines()[0]) from None
+    except ConfigCompositionException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            raise InputError(f"{cause.full_key}: no such key") from None
+        where = getattr(cause, "full_key", None)
+        raise InputError(f"{where}: {str(cause).splitlines()[0]}" if where else str(e).splitlines()[0]) from None
 
 
 def run_dir() -> str:

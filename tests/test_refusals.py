@@ -14,6 +14,7 @@ import pytest
 from conftest import ONE_THREAD, ROOT, TINY, composed, corpus_overrides, train_cli
 from test_checkpoint import flip_a_weight_byte
 
+from mt import cli
 from mt.commands import align, translate
 from mt.commands.average_checkpoints import average_checkpoints
 from mt.files import InputError, exclusive
@@ -151,6 +152,28 @@ def test_train_refuses_a_value_out_of_range_or_an_unknown_key(override, expected
     assert str(error.value).startswith(expected)
 
 
+@pytest.mark.parametrize("config_name, override, expected", [
+    ("train", "trainer.max_stepz=5", "trainer.max_stepz: no such key"),  # a new key needs +; a typo has none
+    ("train", "trainer.max_steps=abc", "trainer.max_steps: Value 'abc' of type 'str' could not be converted"),
+    ("train", "~data.test", "data.test: DataConfig (DictConfig) does not support deletion"),
+    ("train", "data=nosuch", "data=nosuch: no such configuration (one of files, hub, multi30k_de_en, multi30k_en_de)"),
+    ("train", "trainer.max_steps=[", "trainer.max_steps=[: not an override Hydra can read"),
+    ("translate", "beam_sise=5", "beam_sise: no such key"),
+    ("align", "layr=1", "layr: no such key"),
+])
+def test_an_override_hydra_cannot_apply_is_one_line_naming_it(config_name, override, expected):
+    with pytest.raises(InputError) as error:
+        cli.refuse_bad_overrides(config_name, ["trainer.seed=3" if config_name == "train" else "checkpoint=x.pt",
+                                               override])
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+
+
+def test_overrides_hydra_applies_and_sweeps_pass_to_hydra():
+    cli.refuse_bad_overrides("train", ["trainer.max_steps=3", "+trainer.max_stepz=5", "hydra.run.dir=somewhere",
+                                       "data=multi30k_en_de"])  # the schema refuses the + key later, in one line
+    cli.refuse_bad_overrides("train", ["-m", "trainer.seed=1,2", "trainer.max_stepz=5"])  # Hydra composes each run
+
+
 def test_the_command_lines_refuse_a_bad_value_before_reading_anything(tmp_path):
     # Neither the checkpoint nor the input exists: the setting is refused before either is looked at.
     refused_in_one_line(command("translate.py", f"checkpoint={tmp_path}/none.pt", f"input={tmp_path}/none.de",
@@ -158,6 +181,11 @@ def test_the_command_lines_refuse_a_bad_value_before_reading_anything(tmp_path):
     refused_in_one_line(command("translate.py", f"input={tmp_path}/none.de"), "error: checkpoint: required")
     done = train_cli("+trainer.max_stepz=5", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}/run")
     refused_in_one_line(done, "error: trainer.max_stepz: no such key")
+    # Without the +, Hydra itself cannot apply it: still one line, before anything is read.
+    done = train_cli("trainer.max_stepz=5", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}/run")
+    refused_in_one_line(done, "error: trainer.max_stepz: no such key")
+    refused_in_one_line(command("translate.py", f"checkpoint={tmp_path}/none.pt", "beam_sise=5"),
+                        "error: beam_sise: no such key")
     assert not (tmp_path / "cache").exists()  # no corpus read, no SentencePiece trained
 
 

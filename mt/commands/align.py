@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-import hydra
-
 from mt import cli, config
 from mt.alignment.links import to_pharaoh
 from mt.alignment.merged import eflomal_corpus, merged_alignment, why_not_merged
@@ -48,7 +46,7 @@ def run(cfg: AlignConfig) -> None:
             out.write(to_pharaoh(pair) + "\n")
 
 
-@hydra.main(config_path="../configs", config_name="align", version_base="1.3")
+@cli.hydra_command("align")
 def main(cfg) -> None:
     with cli.one_line_errors():
         run(cli.typed(cfg))

@@ -8,7 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-import hydra
 from omegaconf import OmegaConf
 
 from mt import cli, config, distributed
@@ -63,7 +62,7 @@ def link_latest(run_dir: Path) -> None:
         log.info("%s now points to it", os.path.relpath(link))
 
 
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+@cli.hydra_command("train")
 def _train(cfg) -> None:
     with cli.one_line_errors():
         run(cli.typed(cfg), cli.run_dir())

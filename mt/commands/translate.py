@@ -10,8 +10,6 @@ import sys
 from contextlib import ExitStack
 from typing import Optional
 
-import hydra
-
 from mt import cli, config
 from mt.alignment.links import select_heads, to_pharaoh
 from mt.alignment.model_links import Direction, ForcedAligner, PairAttention, directed_links, reverse_aligner
@@ -100,7 +98,7 @@ def run(cfg: TranslateConfig) -> None:
         print(f"{os.path.basename(cfg.reference)}: {score(best, references)}", file=sys.stderr)
 
 
-@hydra.main(config_path="../configs", config_name="translate", version_base="1.3")
+@cli.hydra_command("translate")
 def main(cfg) -> None:
     with cli.one_line_errors():
         run(cli.typed(cfg))
