@@ -48,7 +48,9 @@ def _train_in(cfg: TrainConfig, run_dir: Path) -> dict:
         return results
     finally:
         if trainer is not None:
-            distributed.leave(trainer.world)
+            world = trainer.world
+            del trainer  # and with it DDP's wrapper, which holds the process group (distributed.leave)
+            distributed.leave(world)
 
 
 def link_latest(run_dir: Path) -> None:
