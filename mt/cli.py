@@ -56,11 +56,17 @@ def typed(cfg: DictConfig):
 
 def hydra_command(config_name: str):
     """hydra.main over mt/configs/`config_name`.yaml, with the command line's overrides tried first: one Hydra
-    cannot apply is refused in one line, as the schema's own refusals are, where Hydra would print several."""
+    cannot apply is refused in one line, as the schema's own refusals are, where Hydra would print several. The
+    task's own InputError is one line too."""
 
     def decorate(task):
-        # config_path is read from the task's module, mt/commands/
-        run_by_hydra = hydra.main(config_path="../configs", config_name=config_name, version_base="1.3")(task)
+        def task_in_one_line(cfg) -> None:
+            with one_line_errors():
+                task(cfg)
+
+        task_in_one_line.__module__ = task.__module__  # hydra.main reads config_path from it: mt/commands/
+        run_by_hydra = hydra.main(config_path="../configs", config_name=config_name,
+                                  version_base="1.3")(task_in_one_line)
 
         @functools.wraps(task)
         def main() -> None:

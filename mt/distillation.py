@@ -32,6 +32,7 @@ class MovingAverageTeacher:
         self.model, self.average, self.autocast = model, average, autocast
         self.start = trainer.distill_start if trainer.distill_weight > 0 else None
         self.copy: nn.Module | None = None  # made at the first use: a run that never distills holds no second model
+        self.copied_at: int | None = None  # the step whose average the copy holds (accumulated batches share it)
 
     @torch.no_grad()
     def __call__(self, step: int, batch: Batch) -> Tensor | None:
@@ -40,6 +41,8 @@ class MovingAverageTeacher:
             return None
         if self.copy is None:
             self.copy = copy.deepcopy(self.model).eval().requires_grad_(False)
-        torch._foreach_copy_([p for _, p in self.copy.named_parameters()], self.average.weights)
+        if self.copied_at != step:
+            torch._foreach_copy_([p for _, p in self.copy.named_parameters()], self.average.weights)
+            self.copied_at = step
         with self.autocast():
             return self.copy(batch.src, batch.tgt_in).logits

@@ -48,5 +48,4 @@ def run(cfg: AlignConfig) -> None:
 
 @cli.hydra_command("align")
 def main(cfg) -> None:
-    with cli.one_line_errors():
-        run(cli.typed(cfg))
+    run(cli.typed(cfg))

@@ -66,8 +66,7 @@ def link_latest(run_dir: Path) -> None:
 
 @cli.hydra_command("train")
 def _train(cfg) -> None:
-    with cli.one_line_errors():
-        run(cli.typed(cfg), cli.run_dir())
+    run(cli.typed(cfg), cli.run_dir())
 
 
 def main() -> None:

@@ -100,5 +100,4 @@ def run(cfg: TranslateConfig) -> None:
 
 @cli.hydra_command("translate")
 def main(cfg) -> None:
-    with cli.one_line_errors():
-        run(cli.typed(cfg))
+    run(cli.typed(cfg))
