@@ -7,7 +7,6 @@ there is one process and every function here is a no-op. Gradients are averaged 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from dataclasses import dataclass
 
@@ -50,10 +49,7 @@ def join(device: torch.device) -> tuple[World, torch.device]:
 
 
 def leave(world: World) -> None:
-    """Destroy the process group, once nothing uses it: a group still held by DistributedDataParallel when the
-    interpreter exits is torn down with its threads running, and the process aborts."""
     if world.active and dist.is_initialized():
-        gc.collect()  # the trainer's reference cycles, which hold the wrapper
         dist.destroy_process_group()
 
 

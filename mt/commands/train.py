@@ -48,9 +48,7 @@ def _train_in(cfg: TrainConfig, run_dir: Path) -> dict:
         return results
     finally:
         if trainer is not None:
-            world = trainer.world
-            del trainer  # and with it DDP's wrapper, which holds the process group (distributed.leave)
-            distributed.leave(world)
+            distributed.leave(trainer.world)
 
 
 def link_latest(run_dir: Path) -> None:
