@@ -6,11 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from conftest import ROOT, composed
 
-from mt import config as config_module
 from mt import data
 from mt.alignment.head import links_from_file
 from mt.alignment.links import read_pharaoh
@@ -166,13 +163,13 @@ def test_gzipped_files_are_read_like_plain_ones(small_corpus, tmp_path):
     assert zipped["src"] == plain["src"] and zipped["tgt"] == plain["tgt"]
 
 
-@pytest.mark.parametrize("choice, first_source", [("multi30k_de_en", "Zwei junge weiße Männer"),
-                                                  ("multi30k_en_de", "Two young, White males")])
-def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, first_source, tmp_path, monkeypatch):
-    config_module.register()
-    with initialize_config_dir(config_dir=str(ROOT / "mt" / "configs"), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose(config_name="train", overrides=[f"data={choice}",
-                                                                           f"data.cache_dir={tmp_path}"]))
+# Each direction's recipe as README's results table ran it: en->de inherits de->en's file and sets its own smoothing.
+@pytest.mark.parametrize("choice, first_source, label_smoothing", [
+    ("multi30k_de_en", "Zwei junge weiße Männer", 0.25), ("multi30k_en_de", "Two young, White males", 0.2)])
+def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, first_source, label_smoothing, tmp_path,
+                                                                     monkeypatch):
+    cfg = composed("train", f"data={choice}", f"data.cache_dir={tmp_path}")
+    assert cfg.trainer.label_smoothing == label_smoothing and cfg.data.sampling_alpha == 0.5
     monkeypatch.chdir(ROOT)  # the shipped config names the files relative to the checkout
     corpus = data.load_corpus(cfg.data)
     assert {name: len(split) for name, split in corpus.items()} == {
