@@ -56,6 +56,9 @@ class DataConfig:
     # Above 0, training text is segmented afresh each time it is read, sampled from the unigram model with
     # SentencePiece's alpha (subword regularization, Kudo 2018); 0 reads the one best segmentation.
     sampling_alpha: float = bounded(0.0, low=0, high=1)
+    # The targets' own alpha (as Marian's per-vocabulary --sentencepiece-alphas): None samples them as the sources,
+    # 0 keeps their one best segmentation, the one the decoder writes at inference.
+    target_sampling_alpha: Optional[float] = bounded(None, low=0, high=1)
     # Word dropout: above 0, each piece of a training batch's sources (EOS and padding aside), or of its decoder
     # inputs (BOS and padding aside; the labels stay), is replaced by <unk> with this probability, drawn per batch.
     source_word_dropout: float = bounded(0.0, low=0, below=1)
@@ -66,6 +69,12 @@ class DataConfig:
     bidirectional_steps: int = bounded(0, low=0)
     cache_dir: str = ".cache"  # SentencePiece models and the Arrow cache of encoded splits
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    @property
+    def sampling_alphas(self) -> tuple[float, float]:
+        """The sources' and the targets' sampling alpha (0: the one best segmentation)."""
+        target = self.sampling_alpha if self.target_sampling_alpha is None else self.target_sampling_alpha
+        return self.sampling_alpha, target
 
 
 # ---------------------------------------------------------------- loading

@@ -44,9 +44,10 @@ class TrainingData:
                                                                                              tokenizer.model_bytes):
             raise InputError(f"data.bidirectional_steps={cfg.data.bidirectional_steps} turns the pairs round, which "
                              "needs one segmentation for both languages; the imported model has two")
-        if not given and cfg.data.sampling_alpha > 0 and cfg.data.tokenizer.model_type != "unigram":
-            raise InputError(f"data.sampling_alpha={cfg.data.sampling_alpha} samples segmentations of a unigram "
-                             f"model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
+        if not given and max(cfg.data.sampling_alphas) > 0 and cfg.data.tokenizer.model_type != "unigram":
+            source_alpha, target_alpha = cfg.data.sampling_alphas
+            raise InputError(f"data.sampling_alpha={source_alpha} (targets: {target_alpha}) samples segmentations of "
+                             f"a unigram model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
         with distributed.main_first(world):
             corpus = corpus_data.load_corpus(cfg.data)
             if world.is_main and not given:
@@ -59,7 +60,7 @@ class TrainingData:
             distributed.from_main(world, tokenizer.checkpoint_fields() if world.is_main else None))
 
         # Sampled segmentations are made from the text: the training split keeps it then.
-        keep_text = cfg.data.sampling_alpha > 0
+        keep_text = max(cfg.data.sampling_alphas) > 0
         with distributed.main_first(world):
             encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
                        for name, split in corpus.items()}
@@ -117,11 +118,11 @@ class TrainingData:
         segmentation they were cut on: sampled for the whole epoch first, so a batch holds data.batch_tokens of
         the pieces it trains on (batches cut on the best segmentation's lengths held far more: docs/recipe.md)."""
         pairs, batches = (self.both_ways, self.both_ways_batches) if both_ways else (self.train, self.batches)
-        alpha = self.cfg.data.sampling_alpha
-        if alpha == 0:
+        alphas = self.cfg.data.sampling_alphas
+        if max(alphas) == 0:
             return batches.epoch(epoch), None
         if self._sampled_epoch is None or self._sampled_epoch[0] != (epoch, both_ways):  # sampled once
-            segmentation = SampledSegmentation(pairs, self.tokenizer, alpha, [self.cfg.trainer.seed, epoch],
+            segmentation = SampledSegmentation(pairs, self.tokenizer, alphas, [self.cfg.trainer.seed, epoch],
                                                self.max_len)
             self._sampled_epoch = ((epoch, both_ways),
                                    batches.with_lengths(segmentation.src_len, segmentation.tgt_len).epoch(epoch),
@@ -240,17 +241,23 @@ class PackedRows:
 
 
 class SampledSegmentation:
-    """Every training pair segmented by sampling from the unigram model (subword regularization, Kudo 2018), and
-    the length each side takes in a batch (EOS or BOS added, cut at max_len as make_batch cuts it)."""
+    """Every training pair segmented by sampling from the unigram model (subword regularization, Kudo 2018), each
+    side at its own alpha (0: its best segmentation), and the length each side takes in a batch (EOS or BOS added,
+    cut at max_len as make_batch cuts it)."""
 
     CHUNK = 50_000  # pairs sampled at a time: the samples never sit in Python lists all at once
 
-    def __init__(self, train: datasets.Dataset, tokenizer: Tokenizer, alpha: float, seed: list[int], max_len: int):
+    def __init__(self, train: datasets.Dataset, tokenizer: Tokenizer, alphas: tuple[float, float], seed: list[int],
+                 max_len: int):
         def sampled(side: str) -> Iterator[list[list[int]]]:
+            target = side == "tgt"
             for start in range(0, len(train), self.CHUNK):
                 lines = train.select_columns([side])[start:start + self.CHUNK][side]
-                side_seed = int(np.random.SeedSequence([*seed, start, side == "tgt"]).generate_state(1)[0])
-                yield tokenizer.encode_sampled(lines, alpha, side_seed, target=side == "tgt")
+                if alphas[target] == 0:  # this side keeps its best segmentation
+                    yield tokenizer.encode_target(lines) if target else tokenizer.encode(lines)
+                    continue
+                side_seed = int(np.random.SeedSequence([*seed, start, target]).generate_state(1)[0])
+                yield tokenizer.encode_sampled(lines, alphas[target], side_seed, target=target)
 
         self.src, self.tgt = PackedRows(sampled("src")), PackedRows(sampled("tgt"))
         self.src_len = np.minimum(self.src.sizes + 1, max_len)

@@ -20,7 +20,7 @@ from mt.data import DataConfig
 from mt.distributed import World
 from mt.files import InputError
 from mt.model import ModelConfig, Transformer
-from mt.tokenizer import Tokenizer, TokenizerConfig
+from mt.tokenizer import EOS_ID, Tokenizer, TokenizerConfig
 from mt.trainer import lr_factor
 from mt.training_data import TrainingData
 
@@ -131,6 +131,25 @@ def test_sampled_epochs_are_batched_on_the_sampled_lengths_and_reproducible(smal
     everything = range(len(training.train))
     assert sampled.src.rows(everything) != best["src_ids"] and sampled.tgt.rows(everything) != best["tgt_ids"]
     assert training.epoch(1)[1].src.rows(everything) != sampled.src.rows(everything)  # afresh each epoch
+
+
+@pytest.mark.parametrize("source_alpha, target_alpha", [(0.5, 0.0), (0.0, 0.5)])
+def test_a_side_at_alpha_0_keeps_its_best_segmentation_while_the_other_is_sampled(small_corpus, tmp_path,
+                                                                                  source_alpha, target_alpha):
+    cfg = sampled_config(small_corpus, tmp_path)
+    cfg.data.sampling_alpha, cfg.data.target_sampling_alpha = source_alpha, target_alpha
+    training = TrainingData(cfg, World(), tmp_path, aligning=False)
+    order, sampled = training.epoch(0)
+    everything = range(len(training.train))
+    best = training.train.select_columns(["src_ids", "tgt_ids"])
+    assert (sampled.src.rows(everything) == best["src_ids"]) == (source_alpha == 0)
+    assert (sampled.tgt.rows(everything) == best["tgt_ids"]) == (target_alpha == 0)
+    kept = "tgt" if target_alpha == 0 else "src"
+    for indices in order:
+        batch = training.batch(indices, sampled)
+        rows = (batch.tgt_out if kept == "tgt" else batch.src).tolist()
+        # the batch holds the kept side's best pieces, EOS ended
+        assert [row[:row.index(EOS_ID)] for row in rows] == [best[i][f"{kept}_ids"] for i in indices]
 
 
 def test_word_dropout_puts_unk_in_the_inputs_only_at_its_rate_and_a_resumed_run_draws_the_same(small_corpus,
