@@ -252,10 +252,10 @@ class SampledSegmentation:
         def sampled(side: str) -> Iterator[list[list[int]]]:
             target = side == "tgt"
             for start in range(0, len(train), self.CHUNK):
-                lines = train.select_columns([side])[start:start + self.CHUNK][side]
-                if alphas[target] == 0:  # this side keeps its best segmentation
-                    yield tokenizer.encode_target(lines) if target else tokenizer.encode(lines)
+                if alphas[target] == 0:  # this side keeps the best segmentation it was encoded in
+                    yield train.select_columns([f"{side}_ids"])[start:start + self.CHUNK][f"{side}_ids"]
                     continue
+                lines = train.select_columns([side])[start:start + self.CHUNK][side]
                 side_seed = int(np.random.SeedSequence([*seed, start, target]).generate_state(1)[0])
                 yield tokenizer.encode_sampled(lines, alphas[target], side_seed, target=target)
 
