@@ -76,6 +76,11 @@ class DataConfig:
         target = self.sampling_alpha if self.target_sampling_alpha is None else self.target_sampling_alpha
         return self.sampling_alpha, target
 
+    @property
+    def samples_segmentations(self) -> bool:
+        """Whether either side of the training text is segmented by sampling."""
+        return max(self.sampling_alphas) > 0
+
 
 # ---------------------------------------------------------------- loading
 

@@ -44,7 +44,7 @@ class TrainingData:
                                                                                              tokenizer.model_bytes):
             raise InputError(f"data.bidirectional_steps={cfg.data.bidirectional_steps} turns the pairs round, which "
                              "needs one segmentation for both languages; the imported model has two")
-        if not given and max(cfg.data.sampling_alphas) > 0 and cfg.data.tokenizer.model_type != "unigram":
+        if not given and cfg.data.samples_segmentations and cfg.data.tokenizer.model_type != "unigram":
             source_alpha, target_alpha = cfg.data.sampling_alphas
             raise InputError(f"data.sampling_alpha={source_alpha} (targets: {target_alpha}) samples segmentations of "
                              f"a unigram model; data.tokenizer.model_type is {cfg.data.tokenizer.model_type}")
@@ -60,7 +60,7 @@ class TrainingData:
             distributed.from_main(world, tokenizer.checkpoint_fields() if world.is_main else None))
 
         # Sampled segmentations are made from the text: the training split keeps it then.
-        keep_text = max(cfg.data.sampling_alphas) > 0
+        keep_text = cfg.data.samples_segmentations
         with distributed.main_first(world):
             encoded = {name: corpus_data.encode(split, self.tokenizer, keep_text=name != "train" or keep_text)
                        for name, split in corpus.items()}
@@ -118,12 +118,11 @@ class TrainingData:
         segmentation they were cut on: sampled for the whole epoch first, so a batch holds data.batch_tokens of
         the pieces it trains on (batches cut on the best segmentation's lengths held far more: docs/recipe.md)."""
         pairs, batches = (self.both_ways, self.both_ways_batches) if both_ways else (self.train, self.batches)
-        alphas = self.cfg.data.sampling_alphas
-        if max(alphas) == 0:
+        if not self.cfg.data.samples_segmentations:
             return batches.epoch(epoch), None
         if self._sampled_epoch is None or self._sampled_epoch[0] != (epoch, both_ways):  # sampled once
-            segmentation = SampledSegmentation(pairs, self.tokenizer, alphas, [self.cfg.trainer.seed, epoch],
-                                               self.max_len)
+            segmentation = SampledSegmentation(pairs, self.tokenizer, self.cfg.data.sampling_alphas,
+                                               [self.cfg.trainer.seed, epoch], self.max_len)
             self._sampled_epoch = ((epoch, both_ways),
                                    batches.with_lengths(segmentation.src_len, segmentation.tgt_len).epoch(epoch),
                                    segmentation)
