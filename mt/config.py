@@ -66,6 +66,10 @@ class TrainerConfig:
     # (1 - distill_weight) * the smoothed cross-entropy + distill_weight * KL(average || model). 0 is off.
     distill_weight: float = bounded(0.0, low=0, below=1)
     distill_start: int = bounded(2000, low=0)
+    # Curriculum dropout (mt/dropout.py's DropoutRamp): set, the residual and embedding dropout starts at this
+    # rate and rises linearly to model.dropout over the first dropout_ramp_steps steps. None keeps model.dropout.
+    initial_dropout: Optional[float] = bounded(None, low=0, below=1)
+    dropout_ramp_steps: int = bounded(0, low=0)
     seed: int = 1
     device: Device = Device.auto
     precision: Precision = Precision.auto

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mt.files import InputError
+
 DRAW_LEVELS = 1 << 16  # the draws are int16, uniform over [-32768, 32767]
 
 
@@ -44,3 +46,39 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def set_rate(model: nn.Module, p: float) -> None:
+    """Every Dropout in `model` (the residual and embedding dropouts) drops at rate p from now on; attention and
+    activation dropout keep their own rates."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.p = p
+
+
+def check_dropout_ramp(initial: float | None, steps: int) -> None:
+    """trainer.initial_dropout needs the steps of its ramp (trainer.dropout_ramp_steps)."""
+    if initial is not None and steps < 1:
+        raise InputError(f"trainer.initial_dropout={initial} needs trainer.dropout_ramp_steps above 0: the steps "
+                         "over which dropout goes from it to model.dropout")
+
+
+class DropoutRamp:
+    """Curriculum dropout (Morerio et al. 2017): a model that is young underfits and an old one overfits, so the
+    residual and embedding dropout rises linearly from `initial` at step 0 to `final` (model.dropout) at step
+    `steps`, and stays there. With `initial` None the rate never moves. The rate follows from the step alone, so a
+    resumed run drops as the uninterrupted one did."""
+
+    def __init__(self, model: nn.Module, final: float, initial: float | None, steps: int):
+        check_dropout_ramp(initial, steps)
+        self.model, self.final, self.initial, self.steps = model, final, initial, steps
+
+    def rate(self, step: int) -> float:
+        """The rate of optimizer step `step` + 1."""
+        if self.initial is None or step >= self.steps:
+            return self.final
+        return self.initial + (self.final - self.initial) * step / self.steps
+
+    def __call__(self, step: int) -> None:
+        if self.initial is not None:
+            set_rate(self.model, self.rate(step))

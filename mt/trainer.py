@@ -36,6 +36,7 @@ from mt.checkpoint import (
 )
 from mt.config import OptimConfig, Optimizer, Schedule, TrainConfig, passes_per_batch
 from mt.distillation import MovingAverageTeacher
+from mt.dropout import DropoutRamp
 from mt.evaluate import Scores
 from mt.files import InputError, write_text
 from mt.hardware import autocast_for, peak_memory_mb, select_device, select_precision
@@ -145,6 +146,7 @@ class Trainer:
         t = cfg.trainer
         self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.teacher = MovingAverageTeacher(self.model, self.ema, self.autocast, t)
+        self.dropout_ramp = DropoutRamp(self.model, self.model_cfg.dropout, t.initial_dropout, t.dropout_ramp_steps)
         self.validation = Validation(self.model, self.tokenizer, t, self.device, self.precision)
         self.step, self.epoch, self.batch_in_epoch, self.best_bleu, self.stale_evals = 0, 0, 0, -1.0, 0
         log.info("model: %s, %.1fM parameters; device %s, precision %s%s; peak memory so far %.0f MB", self.model_cfg,
@@ -168,8 +170,7 @@ class Trainer:
         }
 
     def _save(self, best: tuple[str, Scores] | None = None, dev: Scores | None = None) -> None:
-        """last.pt; after an evaluation (`dev`: the raw weights' scores) also step_N.pt, and best.pt when `best`
-        (which weights, their scores) is a new best."""
+        """last.pt; after an evaluation (`dev`: the weights' scores) step_N.pt, and best.pt on a new `best`."""
         state = self._state()
         best_content = evaluated = None
         if best is not None:
@@ -214,6 +215,7 @@ class Trainer:
         t = self.cfg.trainer
         passes, tokens = passes_per_batch(t), sum(b.target_tokens for b in batches)
         all_tokens = distributed.sum_over_ranks(self.world, [tokens], self.device)[0] * passes
+        self.dropout_ramp(self.step)
         total_loss = total_nll = total_alignment = total_kl = 0.0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device) if passes == 1 else batch.to(self.device).twice()
@@ -306,11 +308,9 @@ class Trainer:
         """best.pt's scores on the test sets, written with the run's figures to results.json."""
         best = load_checkpoint(self.checkpoints.best, self.device)
         self.model.load_state_dict(best["model"])
-        results = {
-            "best_step": best["step"], "best_weights": best["weights"], "steps": self.step,
-            "precision": self.precision, "processes": self.world.size, "decoding": self.validation.decoding(),
-            "train_target_tokens_per_s": round(tokens_per_s, 1), "dev": best["dev"],
-        }
+        results = {"best_step": best["step"], "best_weights": best["weights"], "steps": self.step,
+                   "precision": self.precision, "processes": self.world.size, "decoding": self.validation.decoding(),
+                   "train_target_tokens_per_s": round(tokens_per_s, 1), "dev": best["dev"]}
         results["test"] = self.validation.test_scores(self.data.tests, writer, best["step"])
         write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         log.info("done: %s (scores in %s)", self.checkpoints.best, self.run_dir / "results.json")

@@ -140,6 +140,8 @@ def test_translate_refuses_a_value_out_of_range_or_an_unknown_key(override, expe
     ("trainer.label_smoothing=-0.1", "trainer.label_smoothing=-0.1: must be at least 0"),
     ("trainer.distill_weight=1", "trainer.distill_weight=1.0: must be less than 1"),
     ("trainer.distill_start=-1", "trainer.distill_start=-1: must be at least 0"),
+    ("trainer.initial_dropout=1", "trainer.initial_dropout=1.0: must be less than 1"),
+    ("trainer.dropout_ramp_steps=-1", "trainer.dropout_ramp_steps=-1: must be at least 0"),
     ("data.batch_tokens=-1", "data.batch_tokens=-1: must be at least 1"),
     ("data.max_len_ratio=0.5", "data.max_len_ratio=0.5: must be at least 1"),
     ("align.weight=-1", "align.weight=-1.0: must be at least 0"),

@@ -13,11 +13,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mt.alignment.head import AlignmentTrainingConfig, gold_distributions
 from mt.alignment.links import read_pharaoh
+from mt.attention import MultiHeadAttention
 from mt.checkpoint import load_checkpoint
 from mt.commands.train import run
 from mt.config import OptimConfig, TrainConfig, TrainerConfig
 from mt.data import DataConfig
 from mt.distributed import World
+from mt.dropout import Dropout, DropoutRamp
 from mt.files import InputError
 from mt.model import ModelConfig, Transformer
 from mt.tokenizer import EOS_ID, Tokenizer, TokenizerConfig
@@ -77,8 +79,10 @@ def test_resumed_run_with_averaging_and_sampling_equals_an_uninterrupted_one(sma
                               activation_dropout=0.1),
             optim=OptimConfig(warmup_steps=5),
             # 300 pairs make ~14 batches: the interruption falls inside the second epoch
+            # the dropout ramp runs past the interruption: a resumed run must go on from the step's rate
             trainer=TrainerConfig(max_steps=max_steps, eval_every=9, resume=resume, progress=False,
-                                  heatmap_sentences=0, ema_decay=0.9, keep_checkpoints=2),
+                                  heatmap_sentences=0, ema_decay=0.9, keep_checkpoints=2, initial_dropout=0.05,
+                                  dropout_ramp_steps=24),
             align=AlignmentTrainingConfig(layer=-1, **shipped_links(small_corpus)),  # the one decoder layer
         )
 
@@ -251,6 +255,7 @@ SAMPLE_EPOCH = """
 import pickle, sys
 from pathlib import Path
 from mt.distributed import World
+from mt.dropout import Dropout, DropoutRamp
 from mt.training_data import TrainingData
 cfg, run_dir, out = sys.argv[1:]
 order, sampled = TrainingData(pickle.loads(Path(cfg).read_bytes()), World(), Path(run_dir), aligning=False).epoch(0)
@@ -487,7 +492,35 @@ def test_distillation_from_the_moving_average_trains_on_its_divergence(small_cor
     assert torch.equal(late, dropped)
 
 
+def test_dropout_ramp_starts_at_its_initial_rate_and_reaches_model_dropout_at_its_last_step(small_corpus, tmp_path):
+    """A ramp that starts at model.dropout is the plain run, bit for bit; one that starts lower trains otherwise;
+    after the ramp every residual and embedding dropout drops at model.dropout, and attention dropout keeps its own."""
+    def config(**ramp):
+        cfg = tiny_config(small_corpus, tmp_path, max_steps=4, eval_every=4, **ramp)
+        cfg.model.dropout, cfg.model.attention_dropout = 0.3, 0.1
+        return cfg
+
+    name = "decoder.0.ffn.0.weight"
+    plain = final_state(config(), tmp_path / "plain")["model"][name]
+    level = final_state(config(initial_dropout=0.3, dropout_ramp_steps=4), tmp_path / "level")["model"][name]
+    assert torch.equal(level, plain)
+    ramped = final_state(config(initial_dropout=0.05, dropout_ramp_steps=4), tmp_path / "ramped")["model"][name]
+    assert not torch.allclose(ramped, plain, rtol=1e-3, atol=1e-4)
+
+    model = Transformer(ModelConfig(vocab_size=50, d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1,
+                                    ffn_dim=32, dropout=0.3, attention_dropout=0.1))
+    ramp = DropoutRamp(model, 0.3, 0.1, 4)
+    rates = []
+    for step in range(6):
+        ramp(step)
+        rates.append({module.p for module in model.modules() if isinstance(module, Dropout)})
+    assert all(len(rate) == 1 for rate in rates)
+    assert [rate.pop() for rate in rates] == pytest.approx([0.1, 0.15, 0.2, 0.25, 0.3, 0.3])
+    assert {module.dropout for module in model.modules() if isinstance(module, MultiHeadAttention)} == {0.1}
+
+
 @pytest.mark.parametrize("trainer, expected", [
+    ({"initial_dropout": 0.1}, "trainer.initial_dropout=0.1 needs trainer.dropout_ramp_steps above 0"),
     ({"distill_weight": 0.5, "ema_decay": 0.0}, "trainer.distill_weight=0.5 distills from the moving average"),
     ({"distill_weight": 0.5, "rdrop_weight": 1.0}, "trainer.distill_weight and trainer.rdrop_weight"),
 ])

@@ -14,6 +14,7 @@ from mt import cli, config, distributed
 from mt.allocator import cap_kernel_cache, restart_under_mimalloc
 from mt.config import TrainConfig
 from mt.distillation import check_distillation
+from mt.dropout import check_dropout_ramp
 from mt.files import exclusive, point_link, write_text
 from mt.trainer import Trainer
 
@@ -27,6 +28,7 @@ def run(cfg: TrainConfig, run_dir: str | Path) -> dict:
     """Train as configured, writing everything into run_dir; returns what results.json holds ({} off rank 0)."""
     run_dir = Path(run_dir)
     check_distillation(cfg.trainer)
+    check_dropout_ramp(cfg.trainer.initial_dropout, cfg.trainer.dropout_ramp_steps)
     # One run per run directory: rank 0 holds it (under torchrun every rank writes into the same one).
     held = exclusive(run_dir, "train.py") if distributed.launched_as_main() else contextlib.nullcontext()
     with held:
