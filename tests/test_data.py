@@ -17,8 +17,9 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_or_load
 
 
 def config(corpus, tmp_path, **overrides) -> DataConfig:
-    return DataConfig(train=corpus["train"], dev=corpus["dev"], test={"t": corpus["test"]},
-                      cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300), **overrides)
+    settings = {"test": {"t": corpus["test"]}, **overrides}
+    return DataConfig(train=corpus["train"], dev=corpus["dev"], cache_dir=str(tmp_path / "cache"),
+                      tokenizer=TokenizerConfig(vocab_size=300), **settings)
 
 
 def test_files_load_line_parallel_and_directions_are_an_override(small_corpus, tmp_path):
@@ -180,6 +181,13 @@ def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, fir
     for number, (pair, line) in enumerate(zip(corpus["train"], links), start=1):
         n_src, n_tgt = len(pair["src"].split()), len(pair["tgt"].split())
         assert all(i < n_src and j < n_tgt for i, j in read_pharaoh(line)[1]), f"{cfg.align.links_file}:{number}"
+
+
+def test_test_sets_are_dropped_from_the_command_line_all_or_by_name(small_corpus, tmp_path):
+    assert composed("train", "data=multi30k_de_en", "data.test=null").data.test is None
+    assert composed("train", "data=multi30k_de_en", "~data.test.test_2017").data.test == {
+        "test_2016": "data/multi30k/test_2016_flickr"}
+    assert set(data.load_corpus(config(small_corpus, tmp_path, test=None))) == {"train", "dev"}
 
 
 def test_the_shipped_links_of_both_directions_agree_and_a_train_limit_takes_the_first():
