@@ -42,8 +42,7 @@ class DataConfig:
     # For source=files: path prefixes, read as PREFIX.LANG or PREFIX.LANG.gz (data/multi30k/train -> train.de.gz)
     train: Optional[str] = None
     dev: Optional[str] = None
-    # test-set name -> prefix; data.test=null keeps none, ~data.test.NAME drops one
-    test: Optional[dict[str, str]] = field(default_factory=dict)
+    test: dict[str, str] = field(default_factory=dict)  # test-set name -> prefix; ~data.test.NAME drops one
     # For source=hub: a dataset with a `translation` column of {lang: text}
     hub_name: Optional[str] = None
     hub_config: Optional[str] = None
@@ -97,7 +96,7 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
 
 def _load_files(cfg: DataConfig) -> datasets.DatasetDict:
     import datasets  # here: commands that never load a corpus start faster
-    prefixes = {"train": cfg.train, "dev": cfg.dev, **(cfg.test or {})}
+    prefixes = {"train": cfg.train, "dev": cfg.dev, **cfg.test}
     missing = [name for name in ("train", "dev") if not prefixes[name]]
     if missing:
         name = missing[0]
