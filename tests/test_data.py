@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,8 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerConfig, train_or_load
 
 
 def config(corpus, tmp_path, **overrides) -> DataConfig:
-    settings = {"test": {"t": corpus["test"]}, **overrides}
-    return DataConfig(train=corpus["train"], dev=corpus["dev"], cache_dir=str(tmp_path / "cache"),
-                      tokenizer=TokenizerConfig(vocab_size=300), **settings)
+    return DataConfig(train=corpus["train"], dev=corpus["dev"], test={"t": corpus["test"]},
+                      cache_dir=str(tmp_path / "cache"), tokenizer=TokenizerConfig(vocab_size=300), **overrides)
 
 
 def test_files_load_line_parallel_and_directions_are_an_override(small_corpus, tmp_path):
@@ -186,7 +186,7 @@ def test_the_shipped_corpus_configs_compose_and_load_both_directions(choice, fir
 def test_test_sets_are_dropped_from_the_command_line_by_name(small_corpus, tmp_path):
     assert composed("train", "data=multi30k_de_en", "~data.test.test_2017").data.test == {
         "test_2016": "data/multi30k/test_2016_flickr"}
-    assert set(data.load_corpus(config(small_corpus, tmp_path, test={}))) == {"train", "dev"}
+    assert set(data.load_corpus(replace(config(small_corpus, tmp_path), test={}))) == {"train", "dev"}
 
 
 def test_the_shipped_links_of_both_directions_agree_and_a_train_limit_takes_the_first():
