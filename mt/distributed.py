@@ -7,7 +7,9 @@ there is one process and every function here is a no-op. Gradients are averaged 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +36,14 @@ def launched_as_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join(device: torch.device) -> tuple[World, torch.device]:
     """Join torchrun's process group when launched by it; returns the world and this process's device."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_processes()
     if size == 1:
         return World(), device
     world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), size)
@@ -51,6 +58,18 @@ def join(device: torch.device) -> tuple[World, torch.device]:
 def leave(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_launched_process() -> None:
+    """Under torchrun, end this process now that its run is done, without the interpreter's teardown: gloo's
+    threads can abort a process while Python finalizes (docs/testing.md), and torchrun then reports a finished run
+    as failed. Everything is written and flushed first; a process not launched by torchrun just returns."""
+    if launched_processes() == 1:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def wait_for_all(world: World) -> None:

@@ -62,6 +62,9 @@ MUTATIONS = [
              "            writer.close()",
              ("tests/test_crash_safety.py::test_ctrl_c_or_sigterm_saves_last_pt_and_a_run_resumed_after_ctrl_c_"
               "ends_where_an_uninterrupted_one_does",)),
+    Mutation("launched-process-tears-down", "mt/distributed.py", "    os._exit(0)", "    return",
+             ("tests/test_distributed.py::test_a_launched_process_ends_without_the_teardown_once_everything_is_"
+              "written",)),
     Mutation("dropout-words-of-63-random-bits", "mt/dropout.py", ".random_(-(1 << 63), None)", ".random_()",
              ("tests/test_dropout.py",)),
     Mutation("loss-gradient-on-padding", "mt/loss.py", "grad[rows] = block.grad.mul_(block.keep)",

@@ -17,7 +17,7 @@ SETTINGS = [*TINY, "model.dropout=0", "trainer.precision=fp32", "trainer.device=
             "trainer.heatmap_sentences=0"]
 
 
-# faulthandler: a rank that aborts prints where, for the rare abort at teardown (docs/testing.md, "A known flake").
+# faulthandler: a rank that aborts prints where (docs/testing.md, "A flake at teardown, and its fix").
 TORCHRUN_ENV = {**ONE_THREAD, "PYTHONFAULTHANDLER": "1"}
 
 
@@ -52,3 +52,31 @@ def test_two_processes_equal_one_with_accumulation_two_and_resume_under_torchrun
     assert log.count("dev BLEU") == 2  # steps 2 and (resumed) 4, by rank 0 only
     results = json.loads((tmp_path / "parallel" / "results.json").read_text())
     assert results["processes"] == 2 and results["steps"] == 4
+
+
+# What a rank does once its run is done: at the interpreter's teardown, gloo's threads could abort a finished run.
+ENDING = """
+import atexit, logging, sys
+from mt import distributed
+logging.basicConfig(filename=sys.argv[1], level=logging.INFO)
+logging.getLogger("mt").info("the run's last record")
+atexit.register(lambda: print("teardown ran", file=sys.stderr))
+print("the run's last line", end="")  # still in stdout's buffer: a pipe is block-buffered
+distributed.end_launched_process()
+sys.exit(3)
+"""
+
+
+BUFFERED = {name: value for name, value in ONE_THREAD.items() if name != "PYTHONUNBUFFERED"}
+
+
+@pytest.mark.parametrize("world_size, status, teardown", [("2", 0, False), ("1", 3, True)])
+def test_a_launched_process_ends_without_the_teardown_once_everything_is_written(tmp_path, world_size, status,
+                                                                                  teardown):
+    log = tmp_path / "train.log"
+    ended = subprocess.run([sys.executable, "-c", ENDING, str(log)], cwd=ROOT, capture_output=True, text=True,
+                           env={**BUFFERED, "WORLD_SIZE": world_size}, timeout=120)
+    assert ended.returncode == status, ended.stderr
+    assert ended.stdout == "the run's last line"
+    assert "the run's last record" in log.read_text()
+    assert ("teardown ran" in ended.stderr) == teardown

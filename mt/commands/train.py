@@ -73,3 +73,4 @@ def main() -> None:
     cap_kernel_cache()  # before torch's first oneDNN call, and carried into the restart below
     restart_under_mimalloc()  # the process starts again under mimalloc where it can (mt/allocator.py)
     _train()
+    distributed.end_launched_process()  # the run is done: skip a teardown that can abort it
