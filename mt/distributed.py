@@ -7,6 +7,7 @@ there is one process and every function here is a no-op. Gradients are averaged 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, device
+
+
+def replicate(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The model wrapped for data-parallel training. Its only buffer is the fixed position table, which need not
+    travel with every forward pass: torch 2.13 says so with `forward_sync_buffers` and warns on the older
+    `broadcast_buffers`, which older releases need."""
+    keyword = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **{keyword: False})
 
 
 def leave(world: World) -> None:

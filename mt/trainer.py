@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -265,9 +264,7 @@ class Trainer:
         """Train to the end or an early stop; results on rank 0, {} elsewhere. A signal saves, raises Interrupted."""
         t = self.cfg.trainer
         if self.world.active:
-            # broadcast_buffers=False: the only buffer is the fixed position table.
-            self.replicas = DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
+            self.replicas = distributed.replicate(self.model, self.device)
         writer = SummaryWriter(str(self.run_dir / "tb")) if self.world.is_main else None
         batches = self.data.stream(self)  # moves self.epoch and self.batch_in_epoch along
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (t.progress and self.world.is_main),
