@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from mt.files import InputError, write_folder, write_text
-from mt.model import Activation, ModelConfig, Transformer
+from mt.model import Activation, ModelConfig, Transformer, beyond_layer_norm
 from mt.tokenizer import Tokenizer
 from mt.translator import load_model
 
@@ -132,6 +132,9 @@ def hf_config(transformers, cfg: ModelConfig):
     if not cfg.tie_embeddings:
         raise InputError("the model has separate source, target and output embeddings (model.tie_embeddings="
                          "false); the Hugging Face export writes models with one shared embedding")
+    if beyond := beyond_layer_norm(cfg):
+        raise InputError(f"the model was trained with {beyond}; transformers' MarianMT and Pegasus models have "
+                         "LayerNorm and word vectors of any length, so it cannot be exported")
     kind = transformers.PegasusConfig if cfg.pre_norm else transformers.MarianConfig
     return kind(
         vocab_size=cfg.vocab_size, d_model=cfg.d_model, max_position_embeddings=cfg.max_positions,

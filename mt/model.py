@@ -12,6 +12,7 @@ from enum import Enum
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mt.attention import KVCache, MultiHeadAttention
 from mt.dropout import Dropout, dropout
@@ -23,6 +24,11 @@ class Activation(str, Enum):
     relu = "relu"
     swish = "swish"  # x * sigmoid(x), as MarianMT (OPUS-MT) models use
     gelu = "gelu"
+
+
+class Norm(str, Enum):
+    layer = "layer"  # LayerNorm: each position centred and scaled, with a gain and a bias per feature
+    scale = "scale"  # ScaleNorm (Nguyen & Salazar 2019): each position scaled to one learned length
 
 
 ACTIVATIONS = {Activation.relu: nn.ReLU, Activation.swish: nn.SiLU, Activation.gelu: nn.GELU}
@@ -42,6 +48,9 @@ class ModelConfig:
     activation_dropout: float = bounded(0.0, low=0, below=1)  # inside the feed-forward block, after the activation
     activation: Activation = Activation.relu  # of the feed-forward block
     pre_norm: bool = True
+    norm: Norm = Norm.layer
+    # FixNorm (Nguyen & Chiang 2018): word vectors of length 1, so a logit is a cosine times the output's length
+    fix_norm: bool = False
     tie_embeddings: bool = True
     scale_embeddings: bool = True  # token embeddings times sqrt(d_model) before the positions are added
     output_bias: bool = False  # a bias on the output layer's logits (MarianMT's final_logits_bias)
@@ -84,14 +93,38 @@ class FeedForward(nn.Sequential):
         return self[2](inner)
 
 
+def beyond_layer_norm(cfg: ModelConfig) -> str | None:
+    """The override that takes the model past what MarianMT and CTranslate2 describe (LayerNorm, free-length word
+    vectors), or None: the exports name it when they refuse."""
+    if Norm(cfg.norm) is Norm.scale:
+        return "model.norm=scale"
+    return "model.fix_norm=true" if cfg.fix_norm else None
+
+
+class ScaleNorm(nn.Module):
+    """gain * x / |x| over the last dimension: one learned length, started at sqrt(d_model)."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(math.sqrt(d_model)))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.gain / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps))
+
+
+def build_norm(cfg: ModelConfig) -> nn.Module:
+    return ScaleNorm(cfg.d_model) if Norm(cfg.norm) is Norm.scale else nn.LayerNorm(cfg.d_model)
+
+
 class Residual(nn.Module):
     """x + dropout(sublayer(norm(x))) when pre-norm, norm(x + dropout(sublayer(x))) when post-norm."""
 
-    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
-        self.pre_norm = pre_norm
+        self.norm = build_norm(cfg)
+        self.dropout = Dropout(cfg.dropout)
+        self.pre_norm = cfg.pre_norm
 
     def forward(self, x: Tensor, sublayer) -> Tensor:
         if self.pre_norm:
@@ -104,8 +137,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
-        self.attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.attn_block = Residual(cfg)
+        self.ffn_block = Residual(cfg)
 
     def forward(self, x: Tensor, src_pad: Tensor) -> Tensor:
         x = self.attn_block(x, lambda h: self.self_attn(h, h, h, key_padding_mask=src_pad)[0])
@@ -118,9 +151,9 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
-        self.self_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
-        self.cross_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.self_block = Residual(cfg)
+        self.cross_block = Residual(cfg)
+        self.ffn_block = Residual(cfg)
 
     def forward(
         self, x: Tensor, memory: Tensor, src_pad: Tensor, caches: tuple[KVCache, KVCache] | None, need_weights: bool
@@ -203,8 +236,8 @@ class Transformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # Pre-norm leaves the residual stream unnormalized, so each stack ends with a norm.
-        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.encoder_norm = build_norm(cfg) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = build_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.output_bias)
         if cfg.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
@@ -223,7 +256,9 @@ class Transformer(nn.Module):
 
     def _embed(self, embedding: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
         scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
-        x = embedding(tokens) * scale + self.positions(tokens.size(1), start)
+        vectors = (F.embedding(tokens, F.normalize(embedding.weight, dim=-1), self.cfg.pad_id) if self.cfg.fix_norm
+                   else embedding(tokens))
+        x = vectors * scale + self.positions(tokens.size(1), start)
         return self.embed_dropout(x)
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
@@ -262,7 +297,12 @@ class Transformer(nn.Module):
             state.step += tgt_in.size(1)
         if last_position_only:
             x = x[:, -1:]
-        return DecoderOutput(self.output(self.decoder_norm(x)), attention, full_context)
+        return DecoderOutput(self._logits(self.decoder_norm(x)), attention, full_context)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        if self.cfg.fix_norm:
+            return F.linear(x, F.normalize(self.output.weight, dim=-1), self.output.bias)
+        return self.output(x)
 
     def forward(self, src: Tensor, tgt_in: Tensor, need_attention: bool = False,
                 attention_layer: int | None = None, full_context_layer: int | None = None) -> DecoderOutput:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import ONE_THREAD, ROOT, TINY, corpus_overrides, train_cli
 
-from mt.checkpoint import load_checkpoint
+from mt.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow  # end-to-end runs of train.py and the benchmarks: `-m "not slow"` skips them
 
@@ -185,6 +185,7 @@ def test_a_disk_that_fills_while_saving_keeps_the_previous_checkpoint(three_step
 
 @pytest.mark.parametrize("change, expected", [
     ("model.ffn_dim=96", "its model settings differ from this run's"),
+    ("model.norm=scale", "its model settings differ from this run's"),
     ("data.tokenizer.model_type=bpe", "differ"),
 ])
 def test_resuming_with_other_model_or_vocabulary_settings_is_refused_in_one_line(change, expected, three_steps,
@@ -198,6 +199,20 @@ def test_resuming_with_other_model_or_vocabulary_settings_is_refused_in_one_line
     assert len(line.splitlines()) == 1 and line.startswith(f"error: {run_dir}/checkpoints/last.pt: ")
     assert expected in line and "resume with the same" in line
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_checkpoint_written_before_a_model_setting_existed_resumes_at_its_default(three_steps, small_corpus,
+                                                                                    tmp_path):
+    run_dir = copy_of(three_steps, tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    older = load_checkpoint(last)
+    for added in ("norm", "fix_norm"):  # the settings this checkpoint format gained last
+        del older["model_config"][added]
+    save_checkpoint(last, older)
+    again = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=4", "trainer.resume=true",
+                      f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert load_checkpoint(last)["step"] == 4
 
 
 def test_training_data_empty_after_filtering_is_one_line(small_corpus, tmp_path):

@@ -130,6 +130,21 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, problem):
 
 
 @needs_ctranslate2
+@pytest.mark.parametrize("settings, named", [({"norm": "scale"}, "model.norm=scale"),
+                                             ({"fix_norm": True}, "model.fix_norm=true")])
+def test_a_model_beyond_layer_norm_is_refused_in_one_line(trained, tmp_path, settings, named):
+    tokenizer = load_model(str(trained / "checkpoints" / "best.pt"), torch.device("cpu")).tokenizer
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, encoder_layers=1, decoder_layers=1,
+                      ffn_dim=48, **settings)
+    save_checkpoint(tmp_path / "model.pt", model_payload(Transformer(cfg), tokenizer))
+    result = export_cli(tmp_path / "model.pt", tmp_path / "ct2")
+    stderr = result.stderr.strip()
+    assert result.returncode == 2 and len(stderr.splitlines()) == 1 and "Traceback" not in stderr
+    assert stderr.startswith("error: ") and named in stderr and "LayerNorm" in stderr
+    assert not (tmp_path / "ct2").exists()
+
+
+@needs_ctranslate2
 def test_force_replaces_an_earlier_export(trained, tmp_path):
     checkpoint = trained / "checkpoints" / "best.pt"
     assert export_cli(checkpoint, tmp_path / "ct2").returncode == 0

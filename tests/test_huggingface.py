@@ -2,6 +2,7 @@
 export as translate.py does, a MarianMT model becomes ours with the same log-probabilities, and both round trips
 keep the outputs. The MarianMT models are tiny, random and saved locally: nothing is downloaded."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -176,9 +177,18 @@ def test_export_refusals_are_one_line(trained, tmp_path):
     untied = tmp_path / "untied.pt"
     cfg = ModelConfig(vocab_size=300, d_model=16, n_heads=2, encoder_layers=1, decoder_layers=1, ffn_dim=16,
                       tie_embeddings=False)
-    save_checkpoint(untied, model_payload(Transformer(cfg), load_model(str(checkpoint), torch.device("cpu")).tokenizer))
+    tokenizer = load_model(str(checkpoint), torch.device("cpu")).tokenizer
+    save_checkpoint(untied, model_payload(Transformer(cfg), tokenizer))
     with pytest.raises(InputError, match="tie_embeddings"):
         huggingface.export_hf(untied, tmp_path / "untied")
+
+    # ScaleNorm and FixNorm have no counterpart in MarianMT: the command says so in one line and writes nothing.
+    scaled = tmp_path / "scaled.pt"
+    beyond = dataclasses.replace(cfg, tie_embeddings=True, norm="scale", fix_norm=True)
+    save_checkpoint(scaled, model_payload(Transformer(beyond), tokenizer))
+    refused = export_cli(scaled, tmp_path / "scaled")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "model.norm=scale" in refused.stderr
+    assert not (tmp_path / "scaled").exists()
 
 
 # ------------------------------------------------------------------ import

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mt.model import ModelConfig, Transformer
+from mt.model import ModelConfig, ScaleNorm, Transformer
 
 PAD = 0
 
@@ -20,9 +20,10 @@ def batch():
     return src, tgt
 
 
-@pytest.mark.parametrize("pre_norm", [True, False])
-def test_step_by_step_decoding_with_cache_equals_teacher_forcing(pre_norm):
-    model = tiny(pre_norm=pre_norm)
+@pytest.mark.parametrize("settings", [{"pre_norm": True}, {"pre_norm": False},
+                                      {"norm": "scale", "fix_norm": True}, {"pre_norm": False, "norm": "scale"}])
+def test_step_by_step_decoding_with_cache_equals_teacher_forcing(settings):
+    model = tiny(**settings)
     src, tgt = batch()
     full = model(src, tgt, need_attention=True)
     state = model.start_decoding(src)
@@ -60,6 +61,35 @@ def test_tied_embeddings_share_one_matrix_and_untied_do_not():
 def test_pre_norm_has_final_norms_and_post_norm_does_not():
     assert isinstance(tiny(pre_norm=True).encoder_norm, torch.nn.LayerNorm)
     assert isinstance(tiny(pre_norm=False).encoder_norm, torch.nn.Identity)
+
+
+def test_scale_norm_equals_a_float64_reference_and_replaces_every_layer_norm():
+    torch.manual_seed(1)
+    norm = ScaleNorm(16)
+    with torch.no_grad():
+        norm.gain.fill_(2.5)  # not its starting sqrt(16), so the learned length shows
+    x = torch.randn(3, 5, 16) * torch.rand(3, 5, 1) * 10
+    expected = 2.5 * x.double() / x.double().norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(norm(x).double(), expected, atol=1e-6, rtol=1e-5)
+
+    model = tiny(norm="scale")
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    # two sublayers in each of the 2 encoder layers, three in each of the 2 decoder layers, a final norm per stack
+    assert sum(isinstance(m, ScaleNorm) for m in model.modules()) == 2 * 2 + 3 * 2 + 2
+
+
+def test_fix_norm_outputs_ignore_the_word_vectors_lengths_and_a_logit_is_at_most_the_outputs_length():
+    src, tgt = batch()
+    fixed, free = tiny(norm="scale", fix_norm=True), tiny(norm="scale")
+    before = {model: model(src, tgt).logits for model in (fixed, free)}
+    with torch.no_grad():
+        lengths = torch.rand(30, 1) * 3 + 0.5
+        for model in (fixed, free):
+            model.src_embed.weight.mul_(lengths)  # tied: the source, target and output vectors alike
+    torch.testing.assert_close(fixed(src, tgt).logits, before[fixed])
+    assert not torch.allclose(free(src, tgt).logits, before[free])
+    # Each logit is a cosine times the final ScaleNorm's length.
+    assert before[fixed].abs().max() <= fixed.decoder_norm.gain.item() * (1 + 1e-5)
 
 
 def test_too_long_input_is_refused_with_a_clear_message():
