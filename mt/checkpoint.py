@@ -111,7 +111,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def check_resumable(state: dict, path: Path, model_config, tokenizer_fields: dict) -> None:
     """A run resumes from `state` (read from `path`) only with the same model settings and vocabulary. A setting
     added since the checkpoint was written counts at its default, as loading the model does."""
-    if plain_settings(type(model_config)(**state["model_config"])) != plain_settings(model_config):
+    try:
+        stored = plain_settings(type(model_config)(**state["model_config"]))
+    except (TypeError, ValueError):  # a setting this version does not know, or a value it refuses
+        stored = state["model_config"]
+    if stored != plain_settings(model_config):
         raise InputError(f"{path}: its model settings differ from this run's ({state['model_config']}); "
                          "resume with the same model.* and data.tokenizer.* settings")
     if any(state.get(key) != value for key, value in tokenizer_fields.items()):

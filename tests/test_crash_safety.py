@@ -214,6 +214,15 @@ def test_a_checkpoint_written_before_a_model_setting_existed_resumes_at_its_defa
     assert again.returncode == 0, again.stderr[-3000:]
     assert load_checkpoint(last)["step"] == 4
 
+    # A setting this version does not know (a newer version's checkpoint) is refused in one line.
+    newer = load_checkpoint(last)
+    newer["model_config"]["from_a_newer_version"] = 1
+    save_checkpoint(last, newer)
+    refused = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "trainer.max_steps=5", "trainer.resume=true",
+                        f"hydra.run.dir={run_dir}")
+    line = refused.stderr.strip()
+    assert refused.returncode == 2 and len(line.splitlines()) == 1 and "its model settings differ" in line
+
 
 def test_training_data_empty_after_filtering_is_one_line(small_corpus, tmp_path):
     result = train_cli(*RUN, *corpus_overrides(small_corpus, tmp_path), "data.max_len=2",
