@@ -256,8 +256,9 @@ class Transformer(nn.Module):
 
     def _embed(self, embedding: nn.Embedding, tokens: Tensor, start: int = 0) -> Tensor:
         scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
-        vectors = (F.embedding(tokens, F.normalize(embedding.weight, dim=-1), self.cfg.pad_id) if self.cfg.fix_norm
-                   else embedding(tokens))
+        vectors = embedding(tokens)
+        if self.cfg.fix_norm:  # the looked-up rows only: a search step reads a few, not the whole vocabulary
+            vectors = F.normalize(vectors, dim=-1)
         x = vectors * scale + self.positions(tokens.size(1), start)
         return self.embed_dropout(x)
 
