@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mt.files import InputError, write_folder
-from mt.model import Activation, Transformer, beyond_layer_norm
+from mt.model import Activation, Transformer, beyond_layer_norm, fix_norm_folded
 from mt.tokenizer import Tokenizer
 from mt.translator import load_model
 
@@ -53,10 +53,11 @@ def _import_ctranslate2():
 @torch.no_grad()
 def transformer_spec(ctranslate2, model: Transformer, tokenizer: Tokenizer):
     """A ctranslate2 TransformerSpec with the weights, vocabulary and special tokens of `model`."""
+    model = fix_norm_folded(model)
     cfg = model.cfg
     if beyond := beyond_layer_norm(cfg):
-        raise InputError(f"the model was trained with {beyond}; CTranslate2's Transformer has LayerNorm and word "
-                         "vectors of any length, so it cannot be exported")
+        raise InputError(f"the model was trained with {beyond}; CTranslate2's Transformer has LayerNorm, so it "
+                         "cannot be exported")
     kinds = ctranslate2.specs.Activation
     activations = {Activation.relu: kinds.RELU, Activation.swish: kinds.SWISH, Activation.gelu: kinds.GELU}
     spec = ctranslate2.specs.TransformerSpec.from_config(

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from mt.files import InputError, write_folder, write_text
-from mt.model import Activation, ModelConfig, Transformer, beyond_layer_norm
+from mt.model import Activation, ModelConfig, Transformer, beyond_layer_norm, fix_norm_folded
 from mt.tokenizer import Tokenizer
 from mt.translator import load_model
 
@@ -134,7 +134,7 @@ def hf_config(transformers, cfg: ModelConfig):
                          "false); the Hugging Face export writes models with one shared embedding")
     if beyond := beyond_layer_norm(cfg):
         raise InputError(f"the model was trained with {beyond}; transformers' MarianMT and Pegasus models have "
-                         "LayerNorm and word vectors of any length, so it cannot be exported")
+                         "LayerNorm, so it cannot be exported")
     kind = transformers.PegasusConfig if cfg.pre_norm else transformers.MarianConfig
     return kind(
         vocab_size=cfg.vocab_size, d_model=cfg.d_model, max_position_embeddings=cfg.max_positions,
@@ -151,6 +151,7 @@ def hf_config(transformers, cfg: ModelConfig):
 def to_transformers(model: Transformer):
     """Our model as a transformers model (MarianMTModel or PegasusForConditionalGeneration), same outputs."""
     transformers = _transformers()
+    model = fix_norm_folded(model)
     config = hf_config(transformers, model.cfg)
     kind = transformers.PegasusForConditionalGeneration if model.cfg.pre_norm else transformers.MarianMTModel
     theirs = kind(config).to(next(model.parameters()).dtype)

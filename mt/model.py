@@ -6,8 +6,9 @@ with a per-layer key/value cache.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -94,11 +95,9 @@ class FeedForward(nn.Sequential):
 
 
 def beyond_layer_norm(cfg: ModelConfig) -> str | None:
-    """The override that takes the model past what MarianMT and CTranslate2 describe (LayerNorm, free-length word
-    vectors), or None: the exports name it when they refuse."""
-    if Norm(cfg.norm) is Norm.scale:
-        return "model.norm=scale"
-    return "model.fix_norm=true" if cfg.fix_norm else None
+    """The override that takes the model past what MarianMT and CTranslate2 describe (LayerNorm), or None: the
+    exports name it when they refuse. FixNorm is not past it: `fix_norm_folded` gives a plain model."""
+    return "model.norm=scale" if Norm(cfg.norm) is Norm.scale else None
 
 
 class ScaleNorm(nn.Module):
@@ -320,3 +319,18 @@ class Transformer(nn.Module):
         """Feed the last token of each row, tokens (B, 1) with B a multiple of the state's sentences; the
         state's caches grow by one step."""
         return self.decode(tokens, state.memory, state.src_pad, need_attention, state)
+
+
+def fix_norm_folded(model: Transformer) -> Transformer:
+    """A copy of `model` with FixNorm's unit-length word vectors written into its matrices and fix_norm off: the
+    same outputs from a plain Transformer, which the exports describe. Without FixNorm, `model` itself. Training
+    keeps the free-length matrices: the gradient through the normalization is part of FixNorm."""
+    if not model.cfg.fix_norm:
+        return model
+    folded = copy.deepcopy(model)  # tied matrices stay one
+    folded.cfg = replace(model.cfg, fix_norm=False)
+    matrices = {id(w): w for w in (folded.src_embed.weight, folded.tgt_embed.weight, folded.output.weight)}
+    with torch.no_grad():
+        for matrix in matrices.values():
+            matrix.copy_(F.normalize(matrix, dim=-1))
+    return folded

@@ -136,16 +136,18 @@ def test_the_export_generates_translate_outputs_line_for_line(trained, tmp_path)
     assert generated(tmp_path / "hf", LINES, our_limits(loaded, LINES)) == our_greedy(checkpoint, LINES)
 
 
-@pytest.mark.parametrize("pre_norm, activation, scale, bias", [
-    (True, "relu", True, False), (False, "swish", False, True), (True, "gelu", True, True)])
-def test_exported_log_probabilities_equal_ours_in_float64(pre_norm, activation, scale, bias):
+@pytest.mark.parametrize("pre_norm, activation, scale, bias, fix_norm", [
+    (True, "relu", True, False, False), (False, "swish", False, True, True), (True, "gelu", True, True, True)])
+def test_exported_log_probabilities_equal_ours_in_float64(pre_norm, activation, scale, bias, fix_norm):
     torch.manual_seed(1)
     cfg = ModelConfig(vocab_size=50, d_model=16, n_heads=4, encoder_layers=2, decoder_layers=3, ffn_dim=24,
-                      dropout=0.0, pre_norm=pre_norm, activation=activation, scale_embeddings=scale, output_bias=bias)
+                      dropout=0.0, pre_norm=pre_norm, activation=activation, scale_embeddings=scale, output_bias=bias,
+                      fix_norm=fix_norm)
     ours = Transformer(cfg).double().eval()
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.2 * torch.randn_like(p))
+    free_length = ours.src_embed.weight.clone()
     theirs = huggingface.to_transformers(ours)
     src = torch.tensor([[5, 9, 12, 40, 3], [7, 8, 3, 0, 0]])
     tgt = torch.tensor([[2, 11, 13, 17, 19], [2, 21, 23, 0, 0]])
@@ -155,6 +157,8 @@ def test_exported_log_probabilities_equal_ours_in_float64(pre_norm, activation, 
     real = tgt.ne(0)
     assert got.dtype == torch.float64
     assert torch.allclose(got[real], expected[real], atol=1e-10, rtol=0)
+    # FixNorm goes out as unit-length word vectors; our model keeps its free-length ones and FixNorm.
+    assert ours.cfg.fix_norm == fix_norm and torch.equal(ours.src_embed.weight, free_length)
 
 
 def test_export_refusals_are_one_line(trained, tmp_path):
@@ -182,7 +186,7 @@ def test_export_refusals_are_one_line(trained, tmp_path):
     with pytest.raises(InputError, match="tie_embeddings"):
         huggingface.export_hf(untied, tmp_path / "untied")
 
-    # ScaleNorm and FixNorm have no counterpart in MarianMT: the command says so in one line and writes nothing.
+    # ScaleNorm has no counterpart in MarianMT: the command says so in one line and writes nothing.
     scaled = tmp_path / "scaled.pt"
     beyond = dataclasses.replace(cfg, tie_embeddings=True, norm="scale", fix_norm=True)
     save_checkpoint(scaled, model_payload(Transformer(beyond), tokenizer))
