@@ -53,11 +53,11 @@ def _import_ctranslate2():
 @torch.no_grad()
 def transformer_spec(ctranslate2, model: Transformer, tokenizer: Tokenizer):
     """A ctranslate2 TransformerSpec with the weights, vocabulary and special tokens of `model`."""
-    model = fix_norm_folded(model)
-    cfg = model.cfg
-    if beyond := beyond_layer_norm(cfg):
+    if beyond := beyond_layer_norm(model.cfg):
         raise InputError(f"the model was trained with {beyond}; CTranslate2's Transformer has LayerNorm, so it "
                          "cannot be exported")
+    model = fix_norm_folded(model)
+    cfg = model.cfg
     kinds = ctranslate2.specs.Activation
     activations = {Activation.relu: kinds.RELU, Activation.swish: kinds.SWISH, Activation.gelu: kinds.GELU}
     spec = ctranslate2.specs.TransformerSpec.from_config(

@@ -151,8 +151,8 @@ def hf_config(transformers, cfg: ModelConfig):
 def to_transformers(model: Transformer):
     """Our model as a transformers model (MarianMTModel or PegasusForConditionalGeneration), same outputs."""
     transformers = _transformers()
+    config = hf_config(transformers, model.cfg)  # a refusal comes before the copy
     model = fix_norm_folded(model)
-    config = hf_config(transformers, model.cfg)
     kind = transformers.PegasusForConditionalGeneration if model.cfg.pre_norm else transformers.MarianMTModel
     theirs = kind(config).to(next(model.parameters()).dtype)
     missing, unexpected = theirs.load_state_dict(their_weights(model), strict=False)
